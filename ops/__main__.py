@@ -1,0 +1,7 @@
+"""`python -m ops` is the `boxoffice` command."""
+
+import sys
+
+from ops.cli import main
+
+sys.exit(main())

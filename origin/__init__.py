@@ -1,0 +1,1 @@
+"""origin: the primary inventory service, its storage, change feed and demo catalog."""

@@ -1,0 +1,451 @@
+"""The origin's HTTP adapter: aiohttp routes over the store and the ledger.
+
+Handlers parse and bound their input, call the store or ledger, and render
+JSON. Every error leaves as ``{"error": {"status", "code", "message"}}`` with
+the right status, including aiohttp's own (404 for unknown routes, 405, 413).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from aiohttp import web
+
+from ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ops.metrics import Registry
+from origin.changefeed import Position, check_since
+from origin.errors import BadRequest, NotFound, OriginError
+from origin.ledger import Ledger, check_idempotency_key, parse_hold_request, parse_order_request
+from origin.settings import OriginSettings
+from origin.store.base import MAX_CHANGE_BATCH, MAX_PAGE_ROWS, Store
+from origin.validators import http_date, is_not_modified, item_etag
+
+log = logging.getLogger("boxoffice.origin")
+
+DEFAULT_CHANGE_BATCH: Final = 500
+DEFAULT_PAGE_ROWS: Final = 100
+# A long-poll re-reads the head this often, to see commits of other processes.
+FEED_POLL_INTERVAL: Final = 0.5
+# Holds released per sweep; the rest wait for the next tick instead of
+# monopolising the writer after a long pause.
+SWEEP_BATCH: Final = 500
+MAX_ID_LENGTH: Final = 128
+NO_STORE: Final = "no-store"
+JSON_TYPE: Final = "application/json"
+
+
+@dataclass
+class OriginMetrics:
+    registry: Registry = field(default_factory=Registry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = r.counter(
+            "origin_http_requests_total", "HTTP requests by route and status", ("route", "status")
+        )
+        self.latency = r.histogram("origin_http_request_seconds", "HTTP request latency by route", ("route",))
+        self.holds = r.counter("origin_holds_total", "Hold attempts by outcome", ("outcome",))
+        self.orders = r.counter("origin_orders_total", "Order attempts by outcome", ("outcome",))
+        self.expired = r.counter("origin_holds_expired_total", "Holds released by the expiry sweeper")
+        self.pruned = r.counter("origin_changes_pruned_total", "Change records dropped by retention")
+        self.feed_head = r.gauge("origin_feed_head", "Sequence number of the newest change record")
+
+
+@dataclass
+class Origin:
+    settings: OriginSettings
+    store: Store
+    ledger: Ledger
+    physical_time: Callable[[], float]
+    metrics: OriginMetrics = field(default_factory=OriginMetrics)
+    started_at: float = field(default_factory=time.monotonic)
+
+
+ORIGIN: Final = web.AppKey("origin", Origin)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(origin: Origin, *, background: bool = True) -> web.Application:
+    """The aiohttp application; with `background`, it also owns the sweeper and pruner tasks."""
+    app = web.Application(client_max_size=origin.settings.max_body, middlewares=[_errors_and_metrics])
+    app[ORIGIN] = origin
+    app.router.add_get("/v1/items/{item_id}", get_item)
+    app.router.add_get("/v1/events", list_events)
+    app.router.add_get("/v1/events/{event_id}", get_event)
+    app.router.add_post("/v1/holds", post_hold)
+    app.router.add_get("/v1/holds/{hold_id}", get_hold)
+    app.router.add_post("/v1/orders", post_order)
+    app.router.add_get("/v1/orders/{order_id}", get_order)
+    app.router.add_get("/v1/changes", get_changes)
+    app.router.add_get("/v1/snapshot", get_snapshot)
+    app.router.add_get("/v1/health", get_health)
+    app.router.add_get("/metrics", get_metrics)
+    if background:
+        app.cleanup_ctx.append(_background_tasks)
+    return app
+
+
+# Reads ---------------------------------------------------------------------
+
+
+async def get_item(request: web.Request) -> web.StreamResponse:
+    origin = request.app[ORIGIN]
+    item_id = _path_id(request, "item_id")
+    item = await origin.store.item(item_id)
+    if item is None:
+        raise NotFound(f"no item {item_id}")
+    return _cacheable(
+        request,
+        item.to_document(),
+        etag=item_etag(item.id, item.version),
+        modified=item.updated_at,
+        cache_control=_item_cache_control(origin.settings),
+    )
+
+
+async def get_event(request: web.Request) -> web.StreamResponse:
+    origin = request.app[ORIGIN]
+    event_id = _path_id(request, "event_id")
+    event = await origin.store.event(event_id)
+    if event is None:
+        raise NotFound(f"no event {event_id}")
+    venue = await origin.store.venue(event.venue_id)
+    items = await origin.store.event_items(event_id)
+    doc = {
+        "event": event.to_document(),
+        "venue": None if venue is None else venue.to_document(),
+        "items": [item.to_document() for item in items],
+    }
+    modified = max((item.updated_at for item in items), default=event.onsale_at)
+    return _cacheable(request, doc, etag=None, modified=modified, cache_control=_item_cache_control(origin.settings))
+
+
+async def list_events(request: web.Request) -> web.StreamResponse:
+    origin = request.app[ORIGIN]
+    region = _query_text(request, "region")
+    after = _query_text(request, "after")
+    limit = _query_int(request, "limit", DEFAULT_PAGE_ROWS, 1, MAX_PAGE_ROWS)
+    events = await origin.store.events(region, after, limit)
+    doc = {
+        "events": [event.to_document() for event in events],
+        "next_after": events[-1].id if len(events) == limit else None,
+    }
+    cache_control = f"public, max-age={int(origin.settings.event_max_age)}"
+    return _cacheable(request, doc, etag=None, modified=None, cache_control=cache_control)
+
+
+async def get_hold(request: web.Request) -> web.StreamResponse:
+    hold = await request.app[ORIGIN].store.hold(_path_id(request, "hold_id"))
+    if hold is None:
+        raise NotFound(f"no hold {request.match_info['hold_id']}")
+    return _json(hold.to_document(), headers={"Cache-Control": NO_STORE})
+
+
+async def get_order(request: web.Request) -> web.StreamResponse:
+    order = await request.app[ORIGIN].store.order(_path_id(request, "order_id"))
+    if order is None:
+        raise NotFound(f"no order {request.match_info['order_id']}")
+    return _json(order.to_document(), headers={"Cache-Control": NO_STORE})
+
+
+# Writes --------------------------------------------------------------------
+
+
+async def post_hold(request: web.Request) -> web.StreamResponse:
+    origin = request.app[ORIGIN]
+    hold_request = parse_hold_request(await _json_body(request), origin.ledger.limits)
+    key = check_idempotency_key(request.headers.get("Idempotency-Key"))
+    try:
+        result = await origin.ledger.place_hold(hold_request, key)
+    except OriginError as exc:
+        origin.metrics.holds.inc(exc.code)
+        raise
+    origin.metrics.holds.inc("replayed" if result.replayed else "created")
+    headers = {"Cache-Control": NO_STORE, "Location": f"/v1/holds/{result.body['hold']['id']}"}
+    if result.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return _json(result.body, status=result.status, headers=headers)
+
+
+async def post_order(request: web.Request) -> web.StreamResponse:
+    origin = request.app[ORIGIN]
+    hold_id = parse_order_request(await _json_body(request))
+    key = check_idempotency_key(request.headers.get("Idempotency-Key"))
+    try:
+        result = await origin.ledger.place_order(hold_id, key)
+    except OriginError as exc:
+        origin.metrics.orders.inc(exc.code)
+        raise
+    origin.metrics.orders.inc("replayed" if result.replayed else "created")
+    headers = {"Cache-Control": NO_STORE, "Location": f"/v1/orders/{result.body['order']['id']}"}
+    if result.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return _json(result.body, status=result.status, headers=headers)
+
+
+# Change feed ---------------------------------------------------------------
+
+
+async def get_changes(request: web.Request) -> web.StreamResponse:
+    """`GET /v1/changes?since=EPOCH:SEQ&limit=N&wait=S`: records after `since`, long-polling up to `wait`."""
+    origin = request.app[ORIGIN]
+    raw_since = request.query.get("since")
+    if raw_since is None:
+        raise BadRequest("since is required: start from the position of GET /v1/snapshot")
+    since = Position.parse(raw_since)
+    limit = _query_int(request, "limit", DEFAULT_CHANGE_BATCH, 1, MAX_CHANGE_BATCH)
+    wait = _query_float(request, "wait", 0.0, 0.0, origin.settings.feed_max_wait)
+    deadline = time.monotonic() + wait
+    while True:
+        bounds = await origin.store.feed_bounds()
+        check_since(since, epoch=bounds.epoch, retained_after=bounds.retained_after, head=bounds.head)
+        records = await origin.store.changes(since.seq, limit) if bounds.head > since.seq else []
+        remaining = deadline - time.monotonic()
+        if records or remaining <= 0:
+            break
+        await _head_watch_wait(origin.store, min(remaining, FEED_POLL_INTERVAL))
+    next_position = records[-1].pos if records else since
+    doc = {
+        "changes": [record.to_document() for record in records],
+        "next": next_position.encode(),
+        "head": bounds.head_position.encode(),
+    }
+    response = _json(doc, headers={"Cache-Control": NO_STORE})
+    response.enable_compression()
+    return response
+
+
+async def get_snapshot(request: web.Request) -> web.StreamResponse:
+    """`GET /v1/snapshot?filter=region:R|event:E1,E2&after=ID&limit=N`: a page of rows and their position.
+
+    Follow the feed from the position of the *first* page: later pages may hold
+    newer rows, which replaying the feed leaves alone (a row only moves to a
+    higher version).
+    """
+    origin = request.app[ORIGIN]
+    region, event_ids = _snapshot_filter(request.query.get("filter"))
+    after = _query_text(request, "after")
+    limit = _query_int(request, "limit", MAX_PAGE_ROWS, 1, MAX_PAGE_ROWS)
+    page = await origin.store.snapshot(region=region, event_ids=event_ids, after=after, limit=limit)
+    doc = {
+        "position": page.position.encode(),
+        "items": [item.to_document() for item in page.items],
+        "next_after": page.next_after,
+    }
+    response = _json(doc, headers={"Cache-Control": NO_STORE})
+    response.enable_compression()
+    return response
+
+
+# Operations ----------------------------------------------------------------
+
+
+async def get_health(request: web.Request) -> web.StreamResponse:
+    origin = request.app[ORIGIN]
+    bounds = await origin.store.feed_bounds()
+    doc = {
+        "status": "ok",
+        "role": "primary",
+        "node_id": origin.settings.node_id,
+        "epoch": bounds.epoch,
+        "head": bounds.head_position.encode(),
+        "uptime_seconds": round(time.monotonic() - origin.started_at, 3),
+    }
+    return _json(doc, headers={"Cache-Control": NO_STORE})
+
+
+async def get_metrics(request: web.Request) -> web.StreamResponse:
+    origin = request.app[ORIGIN]
+    with contextlib.suppress(OriginError):
+        origin.metrics.feed_head.set((await origin.store.feed_bounds()).head)
+    return web.Response(text=origin.metrics.registry.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+# Middleware and helpers ----------------------------------------------------
+
+
+@web.middleware
+async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    origin = request.app[ORIGIN]
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except OriginError as exc:
+        if exc.status >= 500:
+            log.error("%s %s failed: %s", request.method, request.path, exc.message)
+        response = _error(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        response = _error(exc.status, code, message)
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+    except Exception:
+        log.exception("%s %s crashed", request.method, request.path)
+        response = _error(500, "internal_error", "the origin failed to answer; see its log")
+    origin.metrics.requests.inc(route, str(response.status))
+    origin.metrics.latency.observe(time.perf_counter() - started, route)
+    return response
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return _json({"error": {"status": status, "code": code, "message": message}}, status=status,
+                 headers={"Cache-Control": NO_STORE})  # fmt: skip
+
+
+def _json(doc: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    return web.Response(body=body, status=status, headers=headers, content_type=JSON_TYPE)
+
+
+def _cacheable(
+    request: web.Request, doc: Any, *, etag: str | None, modified: datetime | None, cache_control: str
+) -> web.Response:
+    """A public, cacheable JSON response that honours If-None-Match / If-Modified-Since."""
+    body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    if etag is None:
+        etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    headers = {"ETag": etag, "Cache-Control": cache_control}
+    if modified is not None:
+        headers["Last-Modified"] = http_date(modified)
+    not_modified = is_not_modified(
+        request.headers.get("If-None-Match"),
+        request.headers.get("If-Modified-Since") if modified is not None else None,
+        etag,
+        modified or datetime.now(UTC),
+    )
+    if not_modified:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, headers=headers, content_type=JSON_TYPE)
+
+
+def _item_cache_control(settings: OriginSettings) -> str:
+    return (
+        f"public, max-age={int(settings.item_max_age)}, "
+        f"stale-while-revalidate={int(settings.item_stale_while_revalidate)}, "
+        f"stale-if-error={int(settings.item_stale_if_error)}"
+    )
+
+
+async def _json_body(request: web.Request) -> Any:
+    # The body is parsed as JSON whatever Content-Type says: `curl -d` labels
+    # JSON as a form, and a body that does not parse gets a precise 400 anyway.
+    raw = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+
+
+def _path_id(request: web.Request, name: str) -> str:
+    value = request.match_info[name]
+    if len(value) > MAX_ID_LENGTH:
+        raise NotFound(f"no {name.removesuffix('_id')} with a {len(value)}-character id")
+    return value
+
+
+def _query_text(request: web.Request, name: str) -> str | None:
+    value = request.query.get(name)
+    if value is not None and not 0 < len(value) <= MAX_ID_LENGTH:
+        raise BadRequest(f"{name} must be 1 to {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def _query_float(request: web.Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number of seconds from {low:g} to {high:g}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be a number of seconds from {low:g} to {high:g}")
+    return value
+
+
+def _snapshot_filter(raw: str | None) -> tuple[str | None, list[str] | None]:
+    if raw is None or raw == "":
+        return None, None
+    kind, _, value = raw.partition(":")
+    values = [part for part in value.split(",") if part]
+    if kind == "region" and len(values) == 1:
+        return values[0], None
+    if kind == "event" and 0 < len(values) <= MAX_PAGE_ROWS:
+        return None, values
+    raise BadRequest("filter must be region:REGION or event:ID[,ID...]")
+
+
+async def _head_watch_wait(store: Store, seconds: float) -> None:
+    watch = getattr(store, "head_watch", None)
+    if watch is None:
+        await asyncio.sleep(seconds)
+    else:
+        await watch.wait(seconds)
+
+
+async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
+    """Run the hold sweeper and the feed pruner for the life of the app (cleanup_ctx owns them)."""
+    origin = app[ORIGIN]
+    tasks = [
+        asyncio.create_task(_every(origin.settings.hold_sweep_interval, lambda: _sweep(origin), "hold sweeper")),
+        asyncio.create_task(_every(origin.settings.prune_interval, lambda: _prune(origin), "feed pruner")),
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _every(interval: float, job: Callable[[], Awaitable[None]], name: str) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await job()
+        except OriginError as exc:
+            log.warning("%s: %s", name, exc.message)
+        except Exception:
+            log.exception("%s failed; retrying in %.1f s", name, interval)
+
+
+async def _sweep(origin: Origin) -> None:
+    released = await origin.ledger.expire_due_holds(SWEEP_BATCH)
+    if released:
+        origin.metrics.expired.inc(amount=released)
+        log.info("released %d expired hold(s)", released)
+
+
+async def _prune(origin: Origin) -> None:
+    now = datetime.fromtimestamp(origin.physical_time(), UTC)
+    dropped = await origin.store.prune(
+        keep_changes=origin.settings.feed_retention_changes,
+        changes_before=now - timedelta(seconds=origin.settings.feed_retention),
+        idempotency_before=now - timedelta(seconds=origin.settings.idempotency_retention),
+    )
+    if dropped:
+        origin.metrics.pruned.inc(amount=dropped)
+        log.info("pruned %d change record(s) past retention", dropped)

@@ -1,0 +1,122 @@
+"""Run the origin: open the store, optionally seed it, serve HTTP, shut down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from origin.catalog import build_catalog, summarize
+from origin.hlc import HybridClock
+from origin.http import Origin, create_app
+from origin.ledger import Ledger
+from origin.settings import OriginSettings
+from origin.store.base import Store
+from origin.store.factory import store_from_url
+
+log = logging.getLogger("boxoffice.origin")
+
+
+def open_store(settings: OriginSettings) -> Store:
+    return store_from_url(settings.database, pool_size=settings.db_pool_size, statement_timeout=settings.db_timeout)
+
+
+async def seed_demo_catalog(store: Store, settings: OriginSettings, *, only_if_empty: bool) -> dict[str, Any] | None:
+    """Load the deterministic demo catalog; returns its summary, or None if skipped."""
+    if only_if_empty and await store.events(None, None, 1):
+        return None
+    now = datetime.now(UTC)
+    # Events start from today so on-sale times stay meaningful; the seed fixes the rest.
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    stamp = HybridClock(settings.node_id, time.time).now().encode()
+    catalog = await asyncio.get_running_loop().run_in_executor(
+        None,
+        lambda: build_catalog(
+            settings.demo_seed, venues=settings.demo_venues, events=settings.demo_events, start=start, hlc=stamp
+        ),
+    )
+    await store.load_catalog(catalog.venues, catalog.events, catalog.items, now)
+    return summarize(catalog)
+
+
+async def serve(settings: OriginSettings) -> None:
+    """Serve until SIGINT or SIGTERM, then drain in-flight requests for `shutdown_timeout`."""
+    store = open_store(settings)
+    await store.open()
+    try:
+        if settings.seed_demo:
+            summary = await seed_demo_catalog(store, settings, only_if_empty=True)
+            if summary is not None:
+                log.info("seeded the demo catalog: %s", _short(summary))
+        ledger = Ledger(store, HybridClock(settings.node_id, time.time), time.time, settings.ledger_limits())
+        origin = Origin(settings, store, ledger, time.time)
+        runner = web.AppRunner(
+            create_app(origin),
+            access_log=log if settings.access_log else None,
+            shutdown_timeout=settings.shutdown_timeout,
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
+            await site.start()
+            base = f"http://{_url_host(settings.host)}:{settings.port}"
+            sample = await store.events(None, None, 1)
+            print(f"boxoffice origin listening on {base} (database {settings.database}, epoch {store.epoch})")
+            if sample:
+                items = await store.event_items(sample[0].id)
+                if items:
+                    print(f"  try: curl -i {base}/v1/items/{items[0].id}")
+                print(f"       curl {base}/v1/events/{sample[0].id}")
+            print("  stop with Ctrl-C", flush=True)
+            await _until_signalled()
+            log.info("shutting down: draining requests for up to %.0f s", settings.shutdown_timeout)
+        finally:
+            await runner.cleanup()
+    finally:
+        await store.close()
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _short(summary: dict[str, Any]) -> str:
+    keys = ("venues", "events", "items")
+    return ", ".join(f"{summary[key]} {key}" for key in keys if key in summary) or str(summary)
+
+
+def run(coro: Any) -> None:
+    """Run `coro` on uvloop where available."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        asyncio.run(coro)
+        return
+    if sys.version_info >= (3, 12):
+        uvloop.run(coro)
+    else:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(coro)

@@ -1,0 +1,1 @@
+"""Inventory storage: one interface (`base.Store`), two real backends (SQLite, PostgreSQL)."""
