@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final, TypeVar
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -117,6 +117,25 @@ class Histogram(_Metric):
         return lines
 
 
+class Family(_Metric):
+    """Counters or gauges kept elsewhere (a hot path's plain dict), read when scraped."""
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        kind: str,
+        label_names: Sequence[str],
+        read: Callable[[], Mapping[Labels, float]],
+    ) -> None:
+        super().__init__(name, help_text, label_names)
+        self.kind = kind
+        self._read = read
+
+    def samples(self) -> list[str]:
+        return [f"{self.name}{self._label_text(self._key(k))} {_number(v)}" for k, v in sorted(self._read().items())]
+
+
 class Registry:
     def __init__(self) -> None:
         self._metrics: dict[str, _Metric] = {}
@@ -133,6 +152,17 @@ class Registry:
         self, name: str, help_text: str, label_names: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS
     ) -> Histogram:
         return self._add(Histogram(name, help_text, label_names, buckets))
+
+    def family(
+        self,
+        name: str,
+        help_text: str,
+        kind: str,
+        label_names: Sequence[str],
+        read: Callable[[], Mapping[Labels, float]],
+    ) -> Family:
+        """Expose a dict of label tuples to values kept by someone else (kind: counter or gauge)."""
+        return self._add(Family(name, help_text, kind, label_names, read))
 
     def render(self) -> str:
         lines: list[str] = []

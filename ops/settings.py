@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -135,7 +136,10 @@ def parse_size(raw: str | int) -> Bytes:
     match = _QUANTITY.match(str(raw))
     if not match or match.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"expected a size like 512KiB or 64MiB, got {raw!r}")
-    return Bytes(int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]))
+    size = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if not math.isfinite(size):  # hundreds of digits overflow the float; int(inf) raises OverflowError
+        raise ValueError(f"size {raw!r} is too large")
+    return Bytes(int(size))
 
 
 def _coerce(raw: Any, kind: Any, key: str, source: str) -> Any:
@@ -197,6 +201,8 @@ def _read_table(path: Path, section: str) -> dict[str, Any]:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # TOML 1.0.0: "A TOML file must be a valid UTF-8 encoded Unicode document"
+        raise SettingsError(f"config file {path} is not UTF-8: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
     table = document.get(section, {})

@@ -45,7 +45,9 @@ class Position:
         epoch, sep, seq = text.rpartition(":")
         if not sep or not epoch or len(epoch) > _MAX_EPOCH_LENGTH or not epoch.isalnum():
             raise BadRequest(f"position {text[:80]!r} is not EPOCH:SEQ")
-        if not seq.isdigit() or int(seq) > _MAX_SEQ:
+        # ASCII digits only (int() also reads '١' and refuses '²'), and no
+        # longer than the largest bigint before int() sees it.
+        if not (seq.isascii() and seq.isdigit()) or len(seq) > len(str(_MAX_SEQ)) or int(seq) > _MAX_SEQ:
             raise BadRequest(f"position {text[:80]!r} has a bad sequence number")
         return cls(epoch, int(seq))
 

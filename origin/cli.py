@@ -8,9 +8,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from ops.runtime import run
 from ops.settings import SettingsError, add_arguments, load
 from origin.errors import OriginError
-from origin.service import open_store, run, seed_demo_catalog, serve
+from origin.service import open_store, seed_demo_catalog, serve
 from origin.settings import OriginSettings
 
 DESCRIPTION = """\

@@ -42,6 +42,8 @@ def take(
     else the lowest free seats. Raises InsufficientStock when the stock is not
     there and BadRequest for a request that can never succeed on this item.
     """
+    if qty < 1:  # parse_hold_request refuses it too; a zero-seat run would crash _choose_seats
+        raise BadRequest(f"qty must be at least 1, got {qty}")
     if item.kind == GENERAL_ADMISSION:
         if requested_seats:
             raise BadRequest(f"item {item.id} is general admission: do not name seats")

@@ -29,7 +29,7 @@ def diff(old: JSON, new: JSON) -> JSON:
     for key, old_value in old.items():
         if key not in new:
             patch[key] = None
-        elif new[key] != old_value or type(new[key]) is not type(old_value):
+        elif not _same(new[key], old_value):
             if isinstance(old_value, dict) and isinstance(new[key], dict):
                 patch[key] = diff(old_value, new[key])
             else:
@@ -51,3 +51,14 @@ def apply(target: JSON, patch: JSON) -> JSON:
         else:
             result[key] = apply(result.get(key), value)
     return result
+
+
+def _same(left: JSON, right: JSON) -> bool:
+    """JSON equality: unlike ``==`` it tells ``true`` from ``1`` and ``1.0`` from ``1`` at any depth."""
+    if type(left) is not type(right):
+        return False
+    if isinstance(left, dict):
+        return left.keys() == right.keys() and all(_same(value, right[key]) for key, value in left.items())
+    if isinstance(left, list):
+        return len(left) == len(right) and all(map(_same, left, right))
+    return bool(left == right)

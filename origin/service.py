@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -106,17 +105,3 @@ def _url_host(host: str) -> str:
 def _short(summary: dict[str, Any]) -> str:
     keys = ("venues", "events", "items")
     return ", ".join(f"{summary[key]} {key}" for key in keys if key in summary) or str(summary)
-
-
-def run(coro: Any) -> None:
-    """Run `coro` on uvloop where available."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
-        asyncio.run(coro)
-        return
-    if sys.version_info >= (3, 12):
-        uvloop.run(coro)
-    else:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(coro)

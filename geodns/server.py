@@ -1,0 +1,207 @@
+"""The DNS transports: UDP datagrams and TCP streams (RFC 1035 section 4.2, RFC 7766).
+
+Both protocols answer synchronously inside their asyncio callbacks — the
+answerer is pure and fast, so there is no task per query and nothing to leak.
+UDP answers pass the response-rate limiter and the amplification cap first;
+TCP connections are capped in number, in queries, and in idle time, and stop
+reading while their write buffer is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from typing import Final
+
+from geodns.answer import Answerer, Reply
+from geodns.model import IPAddress
+from geodns.ratelimit import RateLimiter, Verdict
+
+log = logging.getLogger("boxoffice.geodns")
+
+# A query is a header, one question and one OPT record: far below this. Bigger
+# datagrams are not queries we answer (RFC 6891 allows large requests, but no
+# query of ours needs them) and are dropped unread.
+MAX_UDP_QUERY: Final = 4096
+MAX_TCP_QUERY: Final = 4096
+# Pause reading from a TCP client whose unsent responses exceed this.
+TCP_WRITE_HIGH_WATER: Final = 64 * 1024
+_LENGTH: Final = struct.Struct("!H")
+
+
+@dataclass
+class TransportStats:
+    udp_queries: int = 0
+    udp_oversized: int = 0
+    udp_truncated_for_size: int = 0
+    tcp_queries: int = 0
+    tcp_connections: int = 0
+    tcp_refused: int = 0
+    latency_observe: Callable[[float, str], None] | None = field(default=None, repr=False)
+
+
+class UDPProtocol(asyncio.DatagramProtocol):
+    def __init__(
+        self,
+        answerer: Answerer,
+        limiter: RateLimiter,
+        *,
+        max_amplification: int,
+        stats: TransportStats,
+        on_reply: Callable[[Reply], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._answerer = answerer
+        self._limiter = limiter
+        self._amplification = max_amplification
+        self._stats = stats
+        self._on_reply = on_reply
+        self._clock = clock
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport does not subclass asyncio.DatagramTransport.
+        self._transport = typing.cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        started = time.perf_counter()
+        self._stats.udp_queries += 1
+        if len(data) > MAX_UDP_QUERY:
+            self._stats.udp_oversized += 1
+            return
+        client = _client_address(addr)
+        if client is None:
+            return
+        verdict = self._limiter.check(client, self._clock())
+        if verdict is Verdict.DROP:
+            return
+        # RFC 5358 spirit: an unauthenticated UDP answer may not be much larger
+        # than the question; bigger ones go out truncated and the client uses TCP.
+        cap = 0 if verdict is Verdict.SLIP else self._amplification * len(data)
+        reply = self._answerer.answer(data, client, max_size=cap)
+        if reply.packet is None or self._transport is None:
+            return
+        self._transport.sendto(reply.packet, addr)
+        if self._on_reply is not None:
+            self._on_reply(reply)
+        if self._stats.latency_observe is not None:
+            self._stats.latency_observe(time.perf_counter() - started, "udp")
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a client that went away: nothing to do.
+        log.debug("UDP error: %s", exc)
+
+
+class TCPProtocol(asyncio.Protocol):
+    """One TCP client: 2-byte length-prefixed messages, answered in order."""
+
+    def __init__(self, server: TCPServerState) -> None:
+        self._server = server
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._client: IPAddress | None = None
+        self._answered = 0
+        self._idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = typing.cast(asyncio.Transport, transport)
+        self._transport = transport
+        state = self._server
+        if len(state.connections) >= state.max_connections:
+            state.stats.tcp_refused += 1
+            transport.abort()
+            return
+        state.connections.add(self)
+        state.stats.tcp_connections += 1
+        transport.set_write_buffer_limits(high=TCP_WRITE_HIGH_WATER)
+        self._client = _client_address(transport.get_extra_info("peername"))
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
+
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or self._client is None:
+            return
+        self._buffer += data
+        self._arm_idle()
+        while len(self._buffer) >= 2:
+            (length,) = _LENGTH.unpack_from(self._buffer)
+            if length == 0 or length > MAX_TCP_QUERY:
+                transport.close()  # not a query we will ever answer; RFC 7766 lets us close
+                return
+            if len(self._buffer) < 2 + length:
+                return
+            message = bytes(self._buffer[2 : 2 + length])
+            del self._buffer[: 2 + length]
+            started = time.perf_counter()
+            self._server.stats.tcp_queries += 1
+            reply = self._server.answerer.answer(message, self._client, tcp=True)
+            if reply.packet is not None:
+                transport.write(_LENGTH.pack(len(reply.packet)) + reply.packet)
+                if self._server.on_reply is not None:
+                    self._server.on_reply(reply)
+            if self._server.stats.latency_observe is not None:
+                self._server.stats.latency_observe(time.perf_counter() - started, "tcp")
+            self._answered += 1
+            if self._answered >= self._server.max_queries:
+                transport.close()  # flushes what was written, then closes
+                return
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def _arm_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_later(self._server.idle_timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+@dataclass
+class TCPServerState:
+    answerer: Answerer
+    stats: TransportStats
+    max_connections: int
+    max_queries: int
+    idle_timeout: float
+    on_reply: Callable[[Reply], None] | None = None
+    connections: set[TCPProtocol] = field(default_factory=set)
+
+    def protocol(self) -> TCPProtocol:
+        return TCPProtocol(self)
+
+    def close_all(self) -> None:
+        for connection in list(self.connections):
+            connection.close()
+
+
+def _client_address(addr: object) -> IPAddress | None:
+    if not isinstance(addr, tuple) or not addr:
+        return None
+    try:
+        return ip_address(str(addr[0]).split("%", 1)[0])
+    except ValueError:
+        return None
