@@ -285,7 +285,16 @@ def _number(
     value = table.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{where}.{key}: expected a number")
-    if value < low or value > high or (exclusive_low and value == low):
+    # NaN passes every comparison below, and JSON's 1e999 or TOML's inf are
+    # infinite: either would reach steering (a NaN distance, or a weight it
+    # refuses with ValueError, i.e. SERVFAIL for every steered query).
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range (JSON integers are unbounded)
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}.{key}: expected a finite number, got {value!r:.40}")
+    if number < low or number > high or (exclusive_low and number == low):
         bound = f"above {low:g}" if exclusive_low else f"from {low:g}"
         raise ConfigError(f"{where}.{key}: must be {bound} to {high:g}, got {value}")
-    return float(value)
+    return number

