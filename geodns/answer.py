@@ -23,7 +23,6 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 from typing import Final
 
 import dnslib
@@ -36,6 +35,7 @@ from geodns.steering import choose_pops
 from geodns.wire import (
     CLASS_ANY,
     CLASS_IN,
+    FAMILY_IPV4,
     MAX_TCP_MESSAGE,
     OPCODE_QUERY,
     RCODE_BADVERS,
@@ -68,6 +68,7 @@ MAX_CACHED_ANSWERS: Final = 200_000
 DEFAULT_CACHE_LIFETIME: Final = 1.0
 
 CacheKey = tuple[str, int, object]
+FastKey = tuple[object, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,8 @@ class Answerer:
         self._locate = locate
         self.settings = settings
         self._cache: dict[CacheKey, _Packed] = {}
+        self._fast: dict[FastKey, tuple[_Packed, int]] = {}
+        self._resolved: dict[CacheKey, Resolution] = {}
         self._generation = (-1, -1)
         self.health_generation = 0
         self.stats: Counter[tuple[int, int, str]] = Counter()  # (qtype, rcode, pop) -> queries
@@ -164,32 +167,57 @@ class Answerer:
             return Reply(packet, RCODE_REFUSED, query.qtype)
 
         subnet = edns.client_subnet if edns is not None else None
-        packed = self._packed(query, client if subnet is None else subnet.address, subnet is not None and
-                              subnet.source_prefix == 0)  # fmt: skip
-        if edns is not None:
+        self._check_generation()
+        # First level: the exact client network as sent. Repeat askers (a
+        # resolver's ECS /24, or the resolver itself) skip zone lookup,
+        # location lookup and scope computation entirely.
+        fast_key: FastKey = (
+            (query.name, query.qtype, client)
+            if subnet is None
+            else (query.name, query.qtype, subnet.family, subnet.source_prefix, subnet.address_bytes)
+        )
+        fast = self._fast.get(fast_key)
+        if fast is None:
+            address = client if subnet is None else subnet.address
+            packed = self._packed(query, address, subnet is not None and subnet.source_prefix == 0)
             scope = 0  # static answers hold for every client (RFC 7871 section 7.2.1)
             if subnet is not None and packed.steered:
-                bits = 32 if isinstance(subnet.address, IPv4Address) else 128
+                bits = 32 if subnet.family == FAMILY_IPV4 else 128
                 scope = ecs_scope(subnet.source_prefix, packed.location_network, bits)
+            fast = (packed, scope)
+            if len(self._fast) >= MAX_CACHED_ANSWERS:
+                del self._fast[next(iter(self._fast))]
+            self._fast[fast_key] = fast
+        packed, scope = fast
+        if edns is not None:
             opt = opt_record(dnssec_ok=edns.dnssec_ok, nsid=nsid, client_subnet=subnet, scope_prefix=scope)
         authoritative = packed.rcode != RCODE_REFUSED
         packet = response(query, packed.rcode, packed.sections, authoritative=authoritative, opt=opt, limit=limit)
         return Reply(packet, packed.rcode, query.qtype, packed.pops, packed.all_down)
 
-    def _packed(self, query: Query, address: IPAddress, no_location: bool) -> _Packed:
+    def _check_generation(self) -> None:
         generation = (self.registry.generation, self.health_generation)
         now = self._clock() if self._clock is not None else 0.0
         if generation != self._generation or now - self._cache_started > self._cache_lifetime:
             # Loads change without health transitions; a short lifetime lets
             # shedding follow them (the checker reports once per interval).
             self._cache.clear()
+            self._fast.clear()
+            self._resolved.clear()
             self._generation = generation
             self._cache_started = now
+
+    def _packed(self, query: Query, address: IPAddress, no_location: bool) -> _Packed:
         static_key: CacheKey = (query.name, query.qtype, None)
         hit = self._cache.get(static_key)
         if hit is not None:
             return hit
-        resolution = self.zones.resolve(query.name, query.qtype)
+        resolution = self._resolved.get(static_key)
+        if resolution is None:
+            resolution = self.zones.resolve(query.name, query.qtype)
+            if len(self._resolved) >= MAX_CACHED_ANSWERS:
+                del self._resolved[next(iter(self._resolved))]
+            self._resolved[static_key] = resolution
         if resolution.geo_name is None:
             packed = _Packed(resolution.rcode, _pack(query, resolution, []), (), False, steered=False)
             self._remember(static_key, packed)

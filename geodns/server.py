@@ -33,6 +33,7 @@ MAX_TCP_QUERY: Final = 4096
 # Pause reading from a TCP client whose unsent responses exceed this.
 TCP_WRITE_HIGH_WATER: Final = 64 * 1024
 _LENGTH: Final = struct.Struct("!H")
+MAX_REMEMBERED_CLIENTS: Final = 65_536
 
 
 @dataclass
@@ -64,6 +65,8 @@ class UDPProtocol(asyncio.DatagramProtocol):
         self._on_reply = on_reply
         self._clock = clock
         self._transport: asyncio.DatagramTransport | None = None
+        # Source host text -> parsed address: ip_address() costs more than the answer.
+        self._clients: dict[object, IPAddress] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport does not subclass asyncio.DatagramTransport.
@@ -75,9 +78,15 @@ class UDPProtocol(asyncio.DatagramProtocol):
         if len(data) > MAX_UDP_QUERY:
             self._stats.udp_oversized += 1
             return
-        client = _client_address(addr)
+        host = addr[0]
+        client = self._clients.get(host)
         if client is None:
-            return
+            client = _client_address(addr)
+            if client is None:
+                return
+            if len(self._clients) >= MAX_REMEMBERED_CLIENTS:
+                self._clients.clear()
+            self._clients[host] = client
         verdict = self._limiter.check(client, self._clock())
         if verdict is Verdict.DROP:
             return

@@ -89,15 +89,21 @@ class FormatError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ClientSubnet:
-    """An EDNS Client Subnet option (RFC 7871 section 6), validated."""
+    """An EDNS Client Subnet option (RFC 7871 section 6), validated.
+
+    The address stays raw bytes until someone needs it as an object: on the
+    hot path it is only part of a cache key.
+    """
 
     family: int
     source_prefix: int
-    address: IPAddress  # with the bits beyond source_prefix zero
+    address_bytes: bytes  # ceil(source_prefix / 8) bytes, bits beyond the prefix zero
 
     @property
-    def address_bytes(self) -> bytes:
-        return self.address.packed[: (self.source_prefix + 7) // 8]
+    def address(self) -> IPAddress:
+        if self.family == FAMILY_IPV4:
+            return IPv4Address(self.address_bytes.ljust(4, b"\x00"))
+        return IPv6Address(self.address_bytes.ljust(16, b"\x00"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,9 +272,7 @@ def _parse_client_subnet(data: bytes, query_id: int, flags: int) -> ClientSubnet
         raise FormatError("client subnet address length does not match its prefix", query_id, flags)
     if source_prefix % 8 and address[-1] & (0xFF >> (source_prefix % 8)):
         raise FormatError("client subnet address has bits set beyond its prefix", query_id, flags)
-    padded = address + bytes(width - len(address))
-    ip: IPAddress = IPv4Address(padded) if width == 4 else IPv6Address(padded)
-    return ClientSubnet(family, source_prefix, ip)
+    return ClientSubnet(family, source_prefix, bytes(address))
 
 
 # Responses ------------------------------------------------------------------
