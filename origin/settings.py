@@ -41,7 +41,7 @@ class OriginSettings:
     idempotency_retention: Seconds = setting(Seconds(24 * HOUR), "how long Idempotency-Key results are replayed")
     hold_sweep_interval: Seconds = setting(Seconds(1 * SECOND), "how often expired holds are released")
     prune_interval: Seconds = setting(Seconds(1 * MINUTE), "how often the change feed and keys are pruned")
-    db_pool_size: int = setting(10, "PostgreSQL connections per process")
+    db_pool_size: int = setting(20, "PostgreSQL connections per process (below the expected concurrency, p99 grows)")
     db_timeout: Seconds = setting(Seconds(5 * SECOND), "timeout of one database statement")
     shutdown_timeout: Seconds = setting(Seconds(10 * SECOND), "grace period for in-flight requests on shutdown")
     access_log: bool = setting(True, "log one line per request")

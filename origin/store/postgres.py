@@ -118,6 +118,21 @@ def _translated(what: str) -> Iterator[None]:
         raise ServerError(f"PostgreSQL {what}: {type(exc).__name__}: {exc}") from exc
 
 
+class _QuietResetConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A pooled connection released without asyncpg's reset query.
+
+    asyncpg runs `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`
+    on every release: a second round trip per read (measured: 1.86 server
+    transactions per GET, and 2.8k -> 4.1k reads/s without it). This store
+    leaves no session state behind — no LISTEN, no session SET or advisory
+    lock (only SET LOCAL and xact locks), no cursors — and asyncpg still rolls
+    back any open transaction on release.
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class PostgresStore(Store):
     def __init__(self, dsn: str, *, pool_size: int = 10, statement_timeout: float = 5.0) -> None:
         self._dsn = dsn
@@ -143,6 +158,7 @@ class PostgresStore(Store):
                 command_timeout=self._statement_timeout,
                 timeout=CONNECT_TIMEOUT,
                 server_settings={"statement_timeout": timeout_ms, "idle_in_transaction_session_timeout": idle_ms},
+                connection_class=_QuietResetConnection,
             )
         try:
             async with self._connection("create schema") as conn, conn.transaction():
