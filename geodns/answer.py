@@ -42,6 +42,7 @@ from geodns.wire import (
     RCODE_FORMERR,
     RCODE_NOERROR,
     RCODE_NOTIMP,
+    RCODE_NXDOMAIN,
     RCODE_REFUSED,
     RCODE_SERVFAIL,
     TYPE_A,
@@ -66,6 +67,10 @@ MAX_CACHED_ANSWERS: Final = 200_000
 
 # With a clock, packed answers are rebuilt at least this often (seconds).
 DEFAULT_CACHE_LIFETIME: Final = 1.0
+
+# Whole responses are cached only for well-formed questions: garbage must not
+# be able to push real answers out of the cache.
+_CACHEABLE_RCODES: Final = frozenset({RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_REFUSED})
 
 CacheKey = tuple[str, int, object]
 FastKey = tuple[object, ...]
@@ -119,6 +124,7 @@ class Answerer:
         self.settings = settings
         self._cache: dict[CacheKey, _Packed] = {}
         self._fast: dict[FastKey, tuple[_Packed, int]] = {}
+        self._replies: dict[tuple[object, ...], tuple[bytes, tuple[int, int, str]]] = {}
         self._resolved: dict[CacheKey, Resolution] = {}
         self._generation = (-1, -1)
         self.health_generation = 0
@@ -127,6 +133,41 @@ class Answerer:
     def invalidate(self) -> None:
         """Forget every packed answer (health changed, zones reloaded)."""
         self.health_generation += 1
+
+    def answer_packet(
+        self,
+        packet: bytes,
+        client: IPAddress,
+        *,
+        tcp: bool = False,
+        max_size: int | None = None,
+        client_key: object = None,
+        now: float | None = None,
+    ) -> bytes | None:
+        """The hot path: `answer` reduced to bytes, with a cache of whole responses.
+
+        A query's response depends only on its bytes after the 2-byte id, on
+        the client address (location when there is no ECS option), on the
+        transport and the size cap, and on the zone/POP/health generation.
+        Identical questions — a resolver re-asking for the same client
+        network — are answered by one dictionary lookup and the id copied in.
+        `client_key` may stand in for `client` in that cache (the source host
+        text hashes faster than an address object); `now` saves a clock read
+        when the caller has one.
+        """
+        self._check_generation(now)
+        key = (client if client_key is None else client_key, tcp, max_size, packet[2:])
+        hit = self._replies.get(key)
+        if hit is not None:
+            tail, counted = hit
+            self.stats[counted] += 1
+            return packet[:2] + tail
+        reply = self.answer(packet, client, tcp=tcp, max_size=max_size)
+        if reply.packet is not None and reply.rcode in _CACHEABLE_RCODES and len(packet) >= 2:
+            if len(self._replies) >= MAX_CACHED_ANSWERS:
+                del self._replies[next(iter(self._replies))]
+            self._replies[key] = (reply.packet[2:], (reply.qtype, reply.rcode, reply.pops[0] if reply.pops else ""))
+        return reply.packet
 
     def answer(self, packet: bytes, client: IPAddress, *, tcp: bool = False, max_size: int | None = None) -> Reply:
         """The response to `packet` from `client`; `max_size` caps it further (TC beyond)."""
@@ -195,15 +236,17 @@ class Answerer:
         packet = response(query, packed.rcode, packed.sections, authoritative=authoritative, opt=opt, limit=limit)
         return Reply(packet, packed.rcode, query.qtype, packed.pops, packed.all_down)
 
-    def _check_generation(self) -> None:
+    def _check_generation(self, now: float | None = None) -> None:
+        if now is None:
+            now = self._clock() if self._clock is not None else 0.0
         generation = (self.registry.generation, self.health_generation)
-        now = self._clock() if self._clock is not None else 0.0
         if generation != self._generation or now - self._cache_started > self._cache_lifetime:
             # Loads change without health transitions; a short lifetime lets
             # shedding follow them (the checker reports once per interval).
             self._cache.clear()
             self._fast.clear()
             self._resolved.clear()
+            self._replies.clear()
             self._generation = generation
             self._cache_started = now
 

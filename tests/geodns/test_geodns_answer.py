@@ -283,3 +283,25 @@ def test_fuzz_mutated_queries(answerer: Answerer, flips: list[tuple[int, int]], 
         if position < len(packet):
             packet[position] = value
     _check_reply(answerer, bytes(packet[: len(packet) - cut]))
+
+
+def test_whole_response_cache_copies_the_id_and_follows_health(
+    answerer: Answerer, health: dict[str, PopHealth]
+) -> None:
+    query = dnslib.DNSRecord.question("www.boxoffice.test")
+    query.add_ar(dnslib.EDNS0(opts=[dnslib.EDNSOption(8, struct.pack("!HBB", 1, 24, 0) + bytes([203, 0, 113]))]))
+    first = bytes(query.pack())
+    again = b"\xbe\xef" + first[2:]
+    one = answerer.answer_packet(first, RESOLVER)
+    two = answerer.answer_packet(again, RESOLVER)
+    assert one is not None
+    assert two is not None
+    assert two[:2] == b"\xbe\xef"
+    assert one[2:] == two[2:]
+    assert addresses(dnslib.DNSRecord.parse(two))[0] == "127.0.0.13"
+    health["tokyo"] = PopHealth(False)
+    answerer.invalidate()
+    three = answerer.answer_packet(again, RESOLVER)
+    assert three is not None
+    assert addresses(dnslib.DNSRecord.parse(three))[0] != "127.0.0.13"
+    assert answerer.stats[(1, 0, "tokyo")] == 2
