@@ -123,7 +123,7 @@ def test_help_everywhere_and_missing_services() -> None:
     module = subprocess.run([sys.executable, "-m", "origin", "--help"], capture_output=True, text=True, timeout=60)
     assert module.returncode == 0
     assert "python -m origin" in module.stdout
-    result = run("edge", "serve")
+    result = run("predictor", "serve")
     assert result.returncode == 2
     assert "not in this version" in result.stderr
 

@@ -1,0 +1,433 @@
+"""The POP's request handling: cache lookups, misses, revalidation, writes, purges.
+
+`Pop.fast_hit` is the hot path the HTTP protocol calls synchronously for a
+plain GET/HEAD (no cache directives, validators, credentials or cookies): one
+dictionary lookup for the cache key of the raw target, one S3-FIFO lookup,
+a freshness comparison, and pre-serialized bytes with the Age filled in.
+
+Everything else goes through `Pop.handle`, which follows RFC 9111 with the
+pure cores (`edge.freshness`, `edge.validation`, `edge.cachekey`):
+
+* fresh → serve; stale inside stale-while-revalidate → serve and refresh in
+  the background; otherwise revalidate with a conditional request;
+* misses for one key are coalesced into one upstream request;
+* upstream failure → stale-if-error when the response allows it, else 502/504;
+* a successful unsafe request invalidates its target and Location /
+  Content-Location (section 4.4);
+* past `max_upstream_requests` concurrent fetches, new misses get 503 with
+  Retry-After instead of queueing.
+
+Item documents remember their event, so a change-feed record for an item
+evicts both `/v1/items/{id}` and `/v1/events/{event_id}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from edge.cachekey import CacheKey, primary_key, vary_matches
+from edge.coalesce import Coalescer, TooManyWaiters
+from edge.entry import CachedEntry, make_entry, serialize_head
+from edge.errors import EdgeError, MalformedRequestTarget, PeerError, RequestTargetTooLong
+from edge.freshness import Action, decide, invalidated_urls, stale_if_error_allowed
+from edge.messages import Headers, Request, Response, StoredResponse
+from edge.s3fifo import S3FifoCache
+from edge.settings import EdgeSettings
+from edge.storability import headers_to_store, is_storable
+from edge.upstream import UpstreamPool, UpstreamResponse, UpstreamUnavailable
+from edge.validation import (
+    client_not_modified,
+    conditional_headers,
+    not_modified_applies,
+    not_modified_headers,
+    refreshed_from_304,
+)
+
+log = logging.getLogger("boxoffice.edge")
+
+SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
+FORWARDED_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Raw target -> cache key memo for the fast path; bounded so random targets
+# cannot grow it (they only cost a normalisation each).
+MAX_KEY_MEMO: Final = 100_000
+MAX_ITEM_EVENTS: Final = 1_000_000
+# Client headers never sent upstream on a coalesced (shared) fetch: the
+# response is for everyone, so nothing personal may shape it.
+_PERSONAL_FIELDS: Final = frozenset({"cookie", "authorization"})
+_CONDITIONAL_FIELDS: Final = frozenset(
+    {"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range"}
+)
+
+
+_ERROR_CODES: Final = {
+    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+    414: "uri_too_long", 431: "request_header_fields_too_large", 500: "internal_error", 502: "bad_gateway",
+    503: "service_unavailable", 504: "gateway_timeout",
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    method: str
+    target: str  # the raw request target
+    headers: Headers
+    body: bytes
+    keep_alive: bool
+    client: str  # the peer's address
+
+
+@dataclass
+class PopStats:
+    requests: int = 0
+    hits: int = 0
+    misses: int = 0
+    stale_served: int = 0
+    revalidated: int = 0
+    coalesced: int = 0
+    upstream_errors: int = 0
+    shed: int = 0
+    purged: int = 0
+    stored: int = 0
+    not_stored: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+
+
+class Pop:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        upstream: UpstreamPool,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.clock = clock
+        self.monotonic = monotonic
+        self.cache: S3FifoCache[CacheKey, CachedEntry] = S3FifoCache(
+            settings.cache_bytes, max_entry_bytes=settings.max_entry_bytes
+        )
+        self.stats = PopStats()
+        self.coalescer: Coalescer[UpstreamResponse] = Coalescer(
+            max_waiters=settings.max_coalesced_waiters, timeout=settings.coalesce_timeout
+        )
+        self._key_memo: dict[str, CacheKey] = {}
+        self._event_of_item: dict[str, str] = {}
+        self._announced: dict[str, int] = {}  # item id -> newest version the change feed named
+        self._in_flight = 0
+        self._background: set[asyncio.Task[None]] = set()
+        self._via = f"1.1 boxoffice-{settings.pop}"
+
+    # The hot path ------------------------------------------------------------
+    def fast_hit(self, target: str, *, head_only: bool, keep_alive: bool) -> bytes | None:
+        """Pre-serialized response bytes for a plain GET/HEAD of `target`, or None (take the slow path)."""
+        self.stats.requests += 1
+        key = self._key_memo.get(target)
+        if key is None:
+            return None
+        entry = self.cache.get(key)
+        if entry is None or not entry.fast:
+            return None
+        now = self.clock()
+        if now >= entry.fresh_until:
+            return None
+        self.stats.hits += 1
+        return entry.render(now, head_only=head_only, keep_alive=keep_alive)
+
+    # Everything else ---------------------------------------------------------
+    async def handle(self, request: ClientRequest) -> bytes:
+        """The full response bytes for `request`. Raises nothing but CancelledError."""
+        try:
+            return await self._handle(request)
+        except RequestTargetTooLong as exc:
+            return self.error(414, exc.message, request)
+        except PeerError as exc:
+            return self.error(400, exc.message, request)
+        except TooManyWaiters as exc:
+            self.stats.shed += 1
+            return self.error(503, exc.message, request, retry_after=1)
+        except TimeoutError:
+            return self.error(504, "the upstream did not answer in time", request)
+        except EdgeError as exc:
+            log.error("%s %s: %s", request.method, request.target[:200], exc.message)
+            return self.error(500, "the POP failed to answer; see its log", request)
+
+    async def _handle(self, request: ClientRequest) -> bytes:
+        if request.method not in FORWARDED_METHODS:
+            return self.error(405, f"method {request.method[:20]} is not allowed here", request,
+                              extra=(("Allow", ", ".join(sorted(FORWARDED_METHODS))),))  # fmt: skip
+        if not request.target.startswith("/"):
+            # Absolute-form and authority-form targets are for forward proxies;
+            # this POP serves one site and is never an open proxy.
+            raise MalformedRequestTarget("request targets must be paths (origin-form): this is not a proxy")
+        key = self.key_for(request.target)
+        if request.method in SAFE_METHODS:
+            return await self._read(request, key)
+        return await self._write(request, key)
+
+    def key_for(self, target: str) -> CacheKey:
+        key = self._key_memo.get(target)
+        if key is None:
+            # The site's own authority, never the client's Host: a Host header
+            # cannot poison another site's key or split one resource in two.
+            key = primary_key("GET", "http", self.settings.site, target)
+            if len(self._key_memo) >= MAX_KEY_MEMO:
+                self._key_memo.clear()
+            self._key_memo[target] = key
+        return key
+
+    async def _read(self, request: ClientRequest, key: CacheKey) -> bytes:
+        head_only = request.method == "HEAD"
+        entry = self.cache.get(key)
+        if (
+            entry is not None
+            and entry.vary is not None
+            and not vary_matches(entry.vary, entry.request_headers, request.headers)
+        ):
+            entry = None
+        now = self.clock()
+        core_request = Request(request.method, request.headers)
+        decision = decide(core_request, None if entry is None else entry.stored, now)
+        if entry is not None and decision.action in (Action.FRESH, Action.STALE_PERMITTED):
+            self.stats.hits += 1
+            return self._serve(entry, request, now, b"HIT")
+        if entry is not None and decision.action is Action.STALE_WHILE_REVALIDATE:
+            self.stats.stale_served += 1
+            self._refresh_in_background(key, entry, request)
+            return self._serve(entry, request, now, b"STALE")
+        if decision.action is Action.GATEWAY_TIMEOUT:
+            return self.error(504, "only-if-cached and nothing usable is stored", request)
+        self.stats.misses += 1
+        try:
+            if entry is not None and decision.action is Action.MUST_REVALIDATE:
+                fresh = await self._revalidate(key, entry, request)
+                return self._serve(fresh, request, self.clock(), b"REVALIDATED")
+            response = await self._fetch_shared(key, request)
+        except UpstreamUnavailable as exc:
+            self.stats.upstream_errors += 1
+            if entry is not None and stale_if_error_allowed(core_request, entry.stored, self.clock()):
+                self.stats.stale_served += 1
+                return self._serve(entry, request, self.clock(), b"STALE")
+            if exc.response is not None:
+                return self._relay(exc.response, head_only, request.keep_alive, b"MISS")
+            return self.error(502, f"no upstream answered: {exc.message}", request)
+        stored = self._store(key, request, response)
+        if stored is not None:
+            return self._serve(stored, request, self.clock(), b"MISS")
+        return self._relay(response, head_only, request.keep_alive, b"MISS")
+
+    async def _write(self, request: ClientRequest, key: CacheKey) -> bytes:
+        try:
+            response = await self._fetch(request, request.headers, request.body)
+        except UpstreamUnavailable as exc:
+            self.stats.upstream_errors += 1
+            if exc.response is not None:
+                return self._relay(exc.response, False, request.keep_alive, b"PASS")
+            return self.error(502, f"no upstream answered: {exc.message}", request)
+        for url in invalidated_urls(request.method, response.status, key.url, response.headers):
+            self.purge_url(url)
+        return self._relay(response, False, request.keep_alive, b"PASS")
+
+    # Upstream ------------------------------------------------------------------
+    async def _fetch_shared(self, key: CacheKey, request: ClientRequest) -> UpstreamResponse:
+        if any(name in _PERSONAL_FIELDS for name in request.headers.names()):
+            return await self._fetch(request, request.headers.without(_CONDITIONAL_FIELDS), None, method="GET")
+        before = self.coalescer.coalesced
+        shared_headers = request.headers.without(_PERSONAL_FIELDS | _CONDITIONAL_FIELDS)
+        response = await self.coalescer.run(key, lambda: self._fetch(request, shared_headers, None, method="GET"))
+        self.stats.coalesced += self.coalescer.coalesced - before
+        return response
+
+    async def _revalidate(self, key: CacheKey, entry: CachedEntry, request: ClientRequest) -> CachedEntry:
+        headers = request.headers.without(_PERSONAL_FIELDS | _CONDITIONAL_FIELDS)
+        for name, value in conditional_headers(entry.stored.headers):
+            headers = headers.with_line(name, value)
+        response = await self.coalescer.run(
+            ("revalidate", key), lambda: self._fetch(request, headers, None, method="GET")
+        )
+        if response.status == 304 and not_modified_applies(entry.stored.headers, response.headers):
+            self.stats.revalidated += 1
+            stored = refreshed_from_304(
+                entry.stored, response.headers, request_time=response.request_time, response_time=response.response_time
+            )
+            fresh = make_entry(key, stored, entry.body, entry.request_headers)
+            fresh.item_id, fresh.event_id = entry.item_id, entry.event_id
+            self.cache.put(key, fresh, fresh.size)
+            return fresh
+        stored_entry = self._store(key, request, response)
+        if stored_entry is None:
+            # A new response that may not be stored still answers this request.
+            stored = StoredResponse(response.status, response.headers, response.request_time, response.response_time)
+            return make_entry(key, stored, response.body, request.headers)
+        return stored_entry
+
+    async def _fetch(
+        self, request: ClientRequest, headers: Headers, body: bytes | None, *, method: str | None = None
+    ) -> UpstreamResponse:
+        if self._in_flight >= self.settings.max_upstream_requests:
+            self.stats.shed += 1
+            raise TooManyWaiters(f"{self._in_flight} upstream requests in flight: try again shortly")
+        forwarded = headers.without({"via", "x-forwarded-for"}).with_line("Via", self._via)
+        forwarded = forwarded.with_line("X-Forwarded-For", request.client)
+        self._in_flight += 1
+        try:
+            return await self.upstream.fetch(
+                self.settings.upstreams,
+                method or request.method,
+                request.target,
+                forwarded,
+                body,
+                deadline=self.monotonic() + self.settings.request_timeout,
+            )
+        finally:
+            self._in_flight -= 1
+
+    def _refresh_in_background(self, key: CacheKey, entry: CachedEntry, request: ClientRequest) -> None:
+        async def refresh() -> None:
+            try:
+                await self._revalidate(key, entry, request)
+            except (EdgeError, TimeoutError) as exc:
+                log.info("background refresh of %s failed: %s", key.url, exc)
+
+        if ("revalidate", key) in self.coalescer:
+            return
+        task = asyncio.ensure_future(refresh())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def warm(self, key: CacheKey, request: ClientRequest) -> bool:
+        """Fetch `request` into the cache if that evicts nothing hotter; True when admitted."""
+        response = await self._fetch_shared(key, request)
+        if not is_storable(Request("GET", request.headers), Response(response.status, response.headers)):
+            return False
+        headers = headers_to_store(response.headers, received_at=response.response_time)
+        stored = StoredResponse(response.status, headers, response.request_time, response.response_time)
+        entry = make_entry(key, stored, response.body, request.headers)
+        if not self._remember_item(entry):
+            return False
+        return self.cache.admit_if_room(key, entry, entry.size)
+
+    # Storing and serving -------------------------------------------------------
+    def _store(self, key: CacheKey, request: ClientRequest, response: UpstreamResponse) -> CachedEntry | None:
+        core_request = Request("GET", request.headers)
+        if not is_storable(core_request, Response(response.status, response.headers)):
+            self.stats.not_stored += 1
+            return None
+        headers = headers_to_store(response.headers, received_at=response.response_time)
+        stored = StoredResponse(response.status, headers, response.request_time, response.response_time)
+        entry = make_entry(key, stored, response.body, request.headers.without(_PERSONAL_FIELDS))
+        if not self._remember_item(entry):
+            # The change feed already announced a newer version: this response
+            # left the upstream before that change and must not be cached.
+            self.stats.not_stored += 1
+            return None
+        if self.cache.put(key, entry, entry.size):
+            self.stats.stored += 1
+        else:
+            self.stats.not_stored += 1
+        return entry
+
+    def _remember_item(self, entry: CachedEntry) -> bool:
+        """Note which event an item document belongs to; False when it is older than the feed says."""
+        path = entry.key.url.split("/", 3)[-1] if entry.key.url.count("/") >= 3 else ""
+        if not path.startswith("v1/items/") or entry.stored.status != 200:
+            return True
+        try:
+            doc = json.loads(entry.body)
+        except ValueError:
+            return True
+        if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
+            return True
+        item_id = doc["id"]
+        version = doc.get("version")
+        if isinstance(version, int) and version < self._announced.get(item_id, 0):
+            return False
+        if isinstance(doc.get("event_id"), str):
+            entry.item_id, entry.event_id = item_id, doc["event_id"]
+            if len(self._event_of_item) >= MAX_ITEM_EVENTS:
+                self._event_of_item.clear()
+            self._event_of_item[item_id] = doc["event_id"]
+        return True
+
+    def _serve(self, entry: CachedEntry, request: ClientRequest, now: float, x_cache: bytes) -> bytes:
+        head_only = request.method == "HEAD"
+        if client_not_modified(request.headers, entry.stored.headers, method=request.method,
+                               stored_status=entry.stored.status, received_at=entry.stored.response_time):  # fmt: skip
+            head = serialize_head(304, not_modified_headers(entry.stored.headers))
+            ending = b"\r\n" if request.keep_alive else b"Connection: close\r\n\r\n"
+            return head + b"Age: %d\r\nX-Cache: %s\r\n" % (entry.age(now), x_cache) + ending
+        return entry.render(now, head_only=head_only, keep_alive=request.keep_alive, x_cache=x_cache)
+
+    def _relay(self, response: UpstreamResponse, head_only: bool, keep_alive: bool, x_cache: bytes) -> bytes:
+        self.stats.by_status[response.status] = self.stats.by_status.get(response.status, 0) + 1
+        head = serialize_head(response.status, response.headers)
+        body = b"" if head_only or response.status in (204, 304) or response.status < 200 else response.body
+        length = b"" if response.status in (204, 304) else b"Content-Length: %d\r\n" % len(response.body)
+        ending = b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"
+        return head + length + b"X-Cache: %s\r\n" % x_cache + ending + body
+
+    def error(
+        self,
+        status: int,
+        message: str,
+        request: ClientRequest | None,
+        *,
+        retry_after: int | None = None,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> bytes:
+        """A JSON error response, like the origin's."""
+        self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
+        code = _ERROR_CODES.get(status, "error")
+        body = json.dumps({"error": {"status": status, "code": code, "message": message}}).encode()
+        fields = [("Content-Type", "application/json"), ("Cache-Control", "no-store"), *extra]
+        if retry_after is not None:
+            fields.append(("Retry-After", str(retry_after)))
+        keep_alive = request is not None and request.keep_alive and status < 500
+        head = serialize_head(status, Headers(fields))
+        ending = b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"
+        return head + b"Content-Length: %d\r\n" % len(body) + ending + body
+
+    # Invalidation --------------------------------------------------------------
+    def purge_url(self, url: str) -> bool:
+        """Evict the cached response of an absolute URL on this site; True when one was cached."""
+        prefix = f"http://{self.settings.site}"
+        target = url[len(prefix) :] if url.startswith(prefix) else url
+        if not target.startswith("/"):
+            return False
+        try:
+            key = self.key_for(target)
+        except PeerError:
+            return False
+        removed = self.cache.delete(key)
+        self.stats.purged += removed
+        return removed
+
+    def on_item_changed(self, item_id: str, version: int, patch: dict[str, object]) -> None:
+        """Change-feed callback: evict the item and its event page."""
+        if len(self._announced) >= MAX_ITEM_EVENTS:
+            self._announced.clear()
+        self._announced[item_id] = max(version, self._announced.get(item_id, 0))
+        self.purge_url(f"/v1/items/{item_id}")
+        event_id = self._event_of_item.get(item_id) or (
+            patch.get("event_id") if isinstance(patch.get("event_id"), str) else None
+        )
+        if isinstance(event_id, str):
+            self.purge_url(f"/v1/events/{event_id}")
+
+    def on_feed_reset(self, reason: str) -> None:
+        """Change-feed callback: changes may have been missed, so drop every item and event page."""
+        log.warning("change feed reset (%s): evicting every item and event page", reason)
+        for item_id in list(self._event_of_item):
+            self.on_item_changed(item_id, 0, {})
+
+    async def drain(self) -> None:
+        await self.coalescer.drain()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

@@ -1,0 +1,118 @@
+"""Run one edge POP: upstream pool, cache, change-feed follower, HTTP server, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import aiohttp
+
+from edge.feedfollow import FeedFollower, FollowOptions
+from edge.hints import HintService
+from edge.pop import Pop
+from edge.routes import EdgeApp
+from edge.server import ServerState, slow_fields
+from edge.settings import EdgeSettings
+from edge.upstream import Outcome, UpstreamConfig, UpstreamPool
+
+log = logging.getLogger("boxoffice.edge")
+
+TICK_SECONDS = 1.0  # load figure refresh
+
+
+def build(settings: EdgeSettings) -> tuple[EdgeApp, ServerState, UpstreamPool, FeedFollower | None]:
+    """Wire a POP together (nothing started yet)."""
+    holder: list[EdgeApp] = []
+
+    def on_latency(target: str, seconds: float, outcome: Outcome) -> None:
+        if holder:
+            holder[0].upstream_latency.observe(seconds, target, str(outcome))
+
+    upstream = UpstreamPool(
+        UpstreamConfig(
+            connect_timeout=settings.upstream_connect_timeout,
+            read_timeout=settings.upstream_read_timeout,
+            total_timeout=settings.request_timeout,
+            max_body=settings.max_entry_bytes * 4,
+        ),
+        on_latency=on_latency,
+    )
+    pop = Pop(settings, upstream)
+    follower = None
+    if settings.follow_feed:
+        follower = FeedFollower(
+            settings.upstreams[0],
+            pop.on_item_changed,
+            pop.on_feed_reset,
+            options=FollowOptions(long_poll_wait=settings.feed_wait),
+        )
+    app = EdgeApp(pop, hints=None, follower=follower)
+    holder.append(app)
+    state = ServerState(
+        pop,
+        app.internal,
+        max_connections=settings.max_connections,
+        max_url_bytes=settings.max_url_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        max_body_bytes=settings.max_body_bytes,
+        keepalive_timeout=settings.keepalive_timeout,
+        request_timeout=settings.request_timeout,
+        slow_fields=slow_fields(app.hints_enabled),
+        access_log=settings.access_log,
+    )
+    return app, state, upstream, follower
+
+
+async def serve(settings: EdgeSettings) -> None:
+    """Serve until SIGINT/SIGTERM, then finish in-flight requests for up to `shutdown_timeout`."""
+    app, state, upstream, follower = build(settings)
+    await upstream.start()
+    hint_session = None
+    if app.hints_enabled:
+        hint_session = aiohttp.ClientSession() if settings.predictor else None
+        app.hints = HintService(hint_session, settings.predictor or None)
+    loop = asyncio.get_running_loop()
+    try:
+        server = await loop.create_server(state.protocol, settings.host, settings.port, backlog=1024,
+                                          reuse_address=True, reuse_port=True)  # fmt: skip
+        print(f"boxoffice edge POP {settings.pop} listening on http://{settings.host}:{settings.port} "
+              f"for {settings.site}, upstream {', '.join(settings.upstreams)}")  # fmt: skip
+        print(f"  try: curl -i http://{settings.host}:{settings.port}/v1/events?limit=3", flush=True)
+        async with asyncio.TaskGroup() as tasks:
+            follower_task = tasks.create_task(follower.run()) if follower is not None else None
+            ticker = tasks.create_task(_tick(app))
+            await _until_signalled()
+            log.info("shutting down: finishing in-flight requests for up to %.0f s", settings.shutdown_timeout)
+            server.close()
+            state.close_idle()
+            await state.wait_closed(settings.shutdown_timeout)
+            ticker.cancel()
+            if follower_task is not None:
+                follower_task.cancel()
+        await app.pop.drain()
+    finally:
+        await upstream.close()
+        if hint_session is not None:
+            await hint_session.close()
+
+
+async def _tick(app: EdgeApp) -> None:
+    while True:
+        app.tick()
+        await asyncio.sleep(TICK_SECONDS)
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
