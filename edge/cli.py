@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import multiprocessing
+import multiprocessing.process
 import sys
 from collections.abc import Sequence
 
@@ -44,12 +47,40 @@ def main(argv: Sequence[str] | None = None, prog: str = "boxoffice edge") -> int
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    from edge.service import serve
-    from ops.runtime import run
-
+    children = _start_workers(settings)
     try:
-        run(serve(settings))
+        _run(settings)
     except OSError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        for child in children:
+            child.terminate()  # SIGTERM: each worker finishes its in-flight requests
+        for child in children:
+            child.join(settings.shutdown_timeout + 5)
     return 0
+
+
+def _run(settings: EdgeSettings) -> None:
+    from edge.service import serve
+    from ops.runtime import run
+
+    run(serve(settings))
+
+
+def _worker(settings: EdgeSettings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(settings)
+
+
+def _start_workers(settings: EdgeSettings) -> Sequence[multiprocessing.process.BaseProcess]:
+    """Start `workers - 1` more processes on the same port; this process is the last one."""
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_worker, args=(settings,), name=f"edge-worker-{n}")
+                for n in range(1, settings.workers)]  # fmt: skip
+    for child in children:
+        child.start()
+    return children

@@ -27,15 +27,16 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
-from edge.cachekey import CacheKey, primary_key, vary_matches
+from edge.cachekey import CacheKey, primary_key, secondary_key, vary_matches
 from edge.coalesce import Coalescer, TooManyWaiters
 from edge.entry import CachedEntry, make_entry, serialize_head
 from edge.errors import EdgeError, MalformedRequestTarget, PeerError, RequestTargetTooLong
 from edge.freshness import Action, decide, invalidated_urls, stale_if_error_allowed
+from edge.l2 import Blob, RedisL2
 from edge.messages import Headers, Request, Response, StoredResponse
 from edge.s3fifo import S3FifoCache
 from edge.settings import EdgeSettings
@@ -57,6 +58,9 @@ FORWARDED_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DE
 # cannot grow it (they only cost a normalisation each).
 MAX_KEY_MEMO: Final = 100_000
 MAX_ITEM_EVENTS: Final = 1_000_000
+# Pending best-effort tasks (second-level writes and deletes, background
+# refreshes); beyond this, new ones are dropped rather than queued.
+MAX_BACKGROUND_TASKS: Final = 1_000
 # Client headers never sent upstream on a coalesced (shared) fetch: the
 # response is for everyone, so nothing personal may shape it.
 _PERSONAL_FIELDS: Final = frozenset({"cookie", "authorization"})
@@ -93,6 +97,8 @@ class PopStats:
     upstream_errors: int = 0
     shed: int = 0
     purged: int = 0
+    l2_hits: int = 0
+    background_dropped: int = 0
     stored: int = 0
     not_stored: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
@@ -106,16 +112,19 @@ class Pop:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        l2: RedisL2 | None = None,
     ) -> None:
         self.settings = settings
         self.upstream = upstream
+        self.l2 = l2
         self.clock = clock
         self.monotonic = monotonic
         self.cache: S3FifoCache[CacheKey, CachedEntry] = S3FifoCache(
             settings.cache_bytes, max_entry_bytes=settings.max_entry_bytes
         )
         self.stats = PopStats()
-        self.coalescer: Coalescer[UpstreamResponse] = Coalescer(
+        # Each flight's result carries the request headers it was fetched with (for Vary).
+        self.coalescer: Coalescer[tuple[UpstreamResponse, Headers]] = Coalescer(
             max_waiters=settings.max_coalesced_waiters, timeout=settings.coalesce_timeout
         )
         self._key_memo: dict[str, CacheKey] = {}
@@ -202,6 +211,10 @@ class Pop:
             self.stats.stale_served += 1
             self._refresh_in_background(key, entry, request)
             return self._serve(entry, request, now, b"STALE")
+        if entry is None and self.l2 is not None and decision.action is Action.FORWARD:
+            shared = await self._from_l2(key, request, now)
+            if shared is not None:
+                return shared
         if decision.action is Action.GATEWAY_TIMEOUT:
             return self.error(504, "only-if-cached and nothing usable is stored", request)
         self.stats.misses += 1
@@ -223,6 +236,25 @@ class Pop:
             return self._serve(stored, request, self.clock(), b"MISS")
         return self._relay(response, head_only, request.keep_alive, b"MISS")
 
+    async def _from_l2(self, key: CacheKey, request: ClientRequest, now: float) -> bytes | None:
+        """A response from the shared second level when it is fresh for this request; it also fills L1."""
+        assert self.l2 is not None
+        blob = await self.l2.get(key)
+        if blob is None:
+            return None
+        entry = make_entry(key, blob.stored, blob.body, blob.request_headers)
+        if entry.vary is not None and not vary_matches(entry.vary, entry.request_headers, request.headers):
+            return None
+        if not self._remember_item(entry):
+            return None
+        decision = decide(Request(request.method, request.headers), entry.stored, now)
+        if decision.action not in (Action.FRESH, Action.STALE_PERMITTED):
+            return None
+        self.cache.put(key, entry, entry.size)
+        self.stats.hits += 1
+        self.stats.l2_hits += 1
+        return self._serve(entry, request, now, b"HIT-L2")
+
     async def _write(self, request: ClientRequest, key: CacheKey) -> bytes:
         try:
             response = await self._fetch(request, request.headers, request.body)
@@ -239,19 +271,33 @@ class Pop:
     async def _fetch_shared(self, key: CacheKey, request: ClientRequest) -> UpstreamResponse:
         if any(name in _PERSONAL_FIELDS for name in request.headers.names()):
             return await self._fetch(request, request.headers.without(_CONDITIONAL_FIELDS), None, method="GET")
-        before = self.coalescer.coalesced
         shared_headers = request.headers.without(_PERSONAL_FIELDS | _CONDITIONAL_FIELDS)
-        response = await self.coalescer.run(key, lambda: self._fetch(request, shared_headers, None, method="GET"))
-        self.stats.coalesced += self.coalescer.coalesced - before
+
+        def fetch() -> Awaitable[tuple[UpstreamResponse, Headers]]:
+            return self._fetch_sent(request, shared_headers)
+
+        joined = key in self.coalescer
+        if joined:
+            self.stats.coalesced += 1
+        response, sent = await self.coalescer.run(key, fetch)
+        vary = response.headers.combined("vary")
+        if joined and vary is not None and not vary_matches(vary, sent, request.headers):
+            # The leader's request selected another variant (RFC 9111 section 4.1):
+            # fetch this one, coalesced with requests for the same variant only.
+            variant = secondary_key(vary, request.headers)
+            if variant is None:  # Vary: * is never shared
+                return (await fetch())[0]
+            response, _ = await self.coalescer.run(("variant", key, variant), fetch)
         return response
+
+    async def _fetch_sent(self, request: ClientRequest, headers: Headers) -> tuple[UpstreamResponse, Headers]:
+        return await self._fetch(request, headers, None, method="GET"), headers
 
     async def _revalidate(self, key: CacheKey, entry: CachedEntry, request: ClientRequest) -> CachedEntry:
         headers = request.headers.without(_PERSONAL_FIELDS | _CONDITIONAL_FIELDS)
         for name, value in conditional_headers(entry.stored.headers):
             headers = headers.with_line(name, value)
-        response = await self.coalescer.run(
-            ("revalidate", key), lambda: self._fetch(request, headers, None, method="GET")
-        )
+        response, _ = await self.coalescer.run(("revalidate", key), lambda: self._fetch_sent(request, headers))
         if response.status == 304 and not_modified_applies(entry.stored.headers, response.headers):
             self.stats.revalidated += 1
             stored = refreshed_from_304(
@@ -272,7 +318,7 @@ class Pop:
         self, request: ClientRequest, headers: Headers, body: bytes | None, *, method: str | None = None
     ) -> UpstreamResponse:
         if self._in_flight >= self.settings.max_upstream_requests:
-            self.stats.shed += 1
+            # Counted in `stats.shed` where it is answered (`handle`).
             raise TooManyWaiters(f"{self._in_flight} upstream requests in flight: try again shortly")
         forwarded = headers.without({"via", "x-forwarded-for"}).with_line("Via", self._via)
         forwarded = forwarded.with_line("X-Forwarded-For", request.client)
@@ -332,7 +378,20 @@ class Pop:
             self.stats.stored += 1
         else:
             self.stats.not_stored += 1
+        if self.l2 is not None:
+            blob = Blob(entry.stored, entry.body, entry.request_headers)
+            self._spawn(self.l2.put(key, blob, usable_until=entry.swr_until, now=self.clock()))
         return entry
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        """Run best-effort work (second-level writes) owned by the POP; dropped when too much is pending."""
+        if len(self._background) >= MAX_BACKGROUND_TASKS:
+            job.close()
+            self.stats.background_dropped += 1
+            return
+        task = asyncio.ensure_future(job)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _remember_item(self, entry: CachedEntry) -> bool:
         """Note which event an item document belongs to; False when it is older than the feed says."""
@@ -407,6 +466,8 @@ class Pop:
             return False
         removed = self.cache.delete(key)
         self.stats.purged += removed
+        if self.l2 is not None:
+            self._spawn(self.l2.delete(key))
         return removed
 
     def on_item_changed(self, item_id: str, version: int, patch: dict[str, object]) -> None:

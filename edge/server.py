@@ -26,8 +26,9 @@ from typing import Final
 
 import httptools
 
+from edge.errors import MalformedHeader
 from edge.messages import Headers
-from edge.pop import ClientRequest, Pop
+from edge.pop import FORWARDED_METHODS, ClientRequest, Pop
 
 log = logging.getLogger("boxoffice.edge")
 access_log = logging.getLogger("boxoffice.edge.access")
@@ -136,12 +137,20 @@ class HTTPProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
-        except _Reject as exc:
-            self._fail(exc.status, exc.message)
         except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported")
+            # llhttp stops here for CONNECT and for requests with Upgrade; neither is served.
+            if self._parser.get_method() == b"CONNECT":
+                self._fail(405, "CONNECT is not allowed: this is not a proxy")
+            else:
+                self._fail(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
-            self._fail(400, f"malformed request: {exc}")
+            # An exception raised in a callback (our _Reject) arrives wrapped in
+            # HttpParserCallbackError, with the original as its context.
+            reject = exc.__context__
+            if isinstance(reject, _Reject):
+                self._fail(reject.status, reject.message)
+            else:
+                self._fail(400, f"malformed request: {exc}")
 
     def on_message_begin(self) -> None:
         self._reset_message()
@@ -192,8 +201,8 @@ class HTTPProtocol(asyncio.Protocol):
             self._state.pop.stats.requests += 1
         try:
             headers = Headers((name.decode("latin-1"), value.decode("latin-1")) for name, value in self._raw_headers)
-        except ValueError as exc:
-            raise _Reject(400, f"malformed header: {exc}") from None
+        except MalformedHeader as exc:
+            raise _Reject(400, f"malformed header: {exc.message}") from None
         self._queue.append(ClientRequest(method, target, headers, bytes(self._body), keep_alive, self._peer))
         if len(self._queue) >= MAX_PIPELINED and self._transport is not None:
             self._transport.pause_reading()
@@ -241,7 +250,9 @@ class HTTPProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        transport.write(self._state.pop.error(status, message, None))
+        self._queue.clear()  # nothing is answered after the error
+        extra = (("Allow", ", ".join(sorted(FORWARDED_METHODS))),) if status == 405 else ()
+        transport.write(self._state.pop.error(status, message, None, extra=extra))
         transport.close()
 
     def _arm_idle(self) -> None:

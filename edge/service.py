@@ -11,6 +11,7 @@ import aiohttp
 
 from edge.feedfollow import FeedFollower, FollowOptions
 from edge.hints import HintService
+from edge.l2 import RedisL2
 from edge.pop import Pop
 from edge.routes import EdgeApp
 from edge.server import ServerState, slow_fields
@@ -39,7 +40,7 @@ def build(settings: EdgeSettings) -> tuple[EdgeApp, ServerState, UpstreamPool, F
         ),
         on_latency=on_latency,
     )
-    pop = Pop(settings, upstream)
+    pop = Pop(settings, upstream, l2=RedisL2(settings.redis, site=settings.site) if settings.redis else None)
     follower = None
     if settings.follow_feed:
         follower = FeedFollower(
@@ -69,6 +70,8 @@ async def serve(settings: EdgeSettings) -> None:
     """Serve until SIGINT/SIGTERM, then finish in-flight requests for up to `shutdown_timeout`."""
     app, state, upstream, follower = build(settings)
     await upstream.start()
+    if app.pop.l2 is not None:
+        await app.pop.l2.start()
     hint_session = None
     if app.hints_enabled:
         hint_session = aiohttp.ClientSession() if settings.predictor else None
@@ -94,6 +97,8 @@ async def serve(settings: EdgeSettings) -> None:
         await app.pop.drain()
     finally:
         await upstream.close()
+        if app.pop.l2 is not None:
+            await app.pop.l2.close()
         if hint_session is not None:
             await hint_session.close()
 

@@ -21,6 +21,8 @@ class EdgeSettings:
     upstreams: tuple[str, ...] = setting(
         ("http://127.0.0.1:8100",), "upstream base URLs in failover order: region shard, secondary, primary"
     )
+    workers: int = setting(1, "processes sharing the listening port (SO_REUSEPORT), each with its own cache")
+    redis: str = setting("", "redis:// URL of a second cache level shared by the workers (empty: none)")
     cache_bytes: Bytes = setting(Bytes(256 * MiB), "memory for cached responses (S3-FIFO, bounded by bytes)")
     max_entry_bytes: Bytes = setting(Bytes(1 * MiB), "largest response body kept in the cache")
     capacity: float = setting(5000.0, "requests per second this POP is sized for (reported to GeoDNS)")
@@ -54,6 +56,10 @@ class EdgeSettings:
             raise SettingsError("edge.site: a host name such as www.boxoffice.test")
         if self.max_entry_bytes > self.cache_bytes // 10:
             raise SettingsError("edge.max_entry_bytes: at most a tenth of cache_bytes (the small S3-FIFO queue)")
+        if not 1 <= self.workers <= 64:
+            raise SettingsError("edge.workers: must be 1 to 64")
+        if self.redis and not self.redis.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("edge.redis: a redis://host:port/db URL")
         for name in ("max_upstream_requests", "max_connections", "warm_concurrency", "max_coalesced_waiters"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"edge.{name}: must be at least 1")
