@@ -24,6 +24,7 @@ Every directive read that way is named in the `malformed` set, for logs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
@@ -239,7 +240,15 @@ def response_cache_control(headers: Headers) -> ResponseCacheControl:
     Pragma is not read: its meaning in responses was never specified (RFC
     9111 section 5.4).
     """
-    return ResponseCacheControl.from_directives(parse_directives(headers.get_all("cache-control")))
+    return _response_directives(headers.get_all("cache-control"))
+
+
+# A POP sees a handful of distinct Cache-Control values, and each stored miss
+# used to parse the same one four times (storability, freshness, entry):
+# parsed results are immutable, so they are shared per distinct field lines.
+@functools.lru_cache(maxsize=1024)
+def _response_directives(lines: tuple[str, ...]) -> ResponseCacheControl:
+    return ResponseCacheControl.from_directives(parse_directives(lines))
 
 
 def request_cache_control(headers: Headers) -> RequestCacheControl:

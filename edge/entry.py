@@ -53,10 +53,13 @@ class CachedEntry:
 
     def render(self, now: float, *, head_only: bool, keep_alive: bool, x_cache: bytes = b"HIT") -> bytes:
         """The full response bytes for a hit at `now`."""
-        length = len(self.body)
+        if self.stored.status == 204:  # RFC 9110 section 8.6: no Content-Length in a 204
+            fields = b"Age: %d\r\nX-Cache: %s\r\n" % (self.age(now), x_cache)
+        else:
+            fields = b"Age: %d\r\nContent-Length: %d\r\nX-Cache: %s\r\n" % (self.age(now), len(self.body), x_cache)
         parts = [
             self.head,
-            b"Age: %d\r\nContent-Length: %d\r\nX-Cache: %s\r\n" % (self.age(now), length, x_cache),
+            fields,
             b"\r\n" if keep_alive else b"Connection: close\r\n\r\n",
         ]
         if not head_only:

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from edge.cachekey import CacheKey, primary_key, secondary_key, vary_matches
+from edge.cachekey import CacheKey, primary_key, secondary_key, vary_field_names, vary_matches
 from edge.coalesce import Coalescer, TooManyWaiters
 from edge.entry import CachedEntry, make_entry, serialize_head
 from edge.errors import EdgeError, MalformedRequestTarget, PeerError, RequestTargetTooLong
@@ -41,7 +41,7 @@ from edge.messages import Headers, Request, Response, StoredResponse
 from edge.s3fifo import S3FifoCache
 from edge.settings import EdgeSettings
 from edge.storability import headers_to_store, is_storable
-from edge.upstream import UpstreamPool, UpstreamResponse, UpstreamUnavailable
+from edge.upstream import UpstreamPool, UpstreamResponse, UpstreamUnavailable, strip_hop_by_hop
 from edge.validation import (
     client_not_modified,
     conditional_headers,
@@ -67,12 +67,16 @@ _PERSONAL_FIELDS: Final = frozenset({"cookie", "authorization"})
 _CONDITIONAL_FIELDS: Final = frozenset(
     {"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range"}
 )
+# Never sent on a shared fetch either: a 206 for one client's range would be
+# handed to every request waiting on that fetch. The full response serves a
+# range request too (RFC 9110 section 14.2: a server may ignore Range).
+_RANGE_FIELDS: Final = frozenset({"range"})
 
 
 _ERROR_CODES: Final = {
     400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
     414: "uri_too_long", 431: "request_header_fields_too_large", 500: "internal_error", 502: "bad_gateway",
-    503: "service_unavailable", 504: "gateway_timeout",
+    501: "not_implemented", 503: "service_unavailable", 504: "gateway_timeout",
 }  # fmt: skip
 
 
@@ -271,7 +275,7 @@ class Pop:
     async def _fetch_shared(self, key: CacheKey, request: ClientRequest) -> UpstreamResponse:
         if any(name in _PERSONAL_FIELDS for name in request.headers.names()):
             return await self._fetch(request, request.headers.without(_CONDITIONAL_FIELDS), None, method="GET")
-        shared_headers = request.headers.without(_PERSONAL_FIELDS | _CONDITIONAL_FIELDS)
+        shared_headers = request.headers.without(_PERSONAL_FIELDS | _CONDITIONAL_FIELDS | _RANGE_FIELDS)
 
         def fetch() -> Awaitable[tuple[UpstreamResponse, Headers]]:
             return self._fetch_sent(request, shared_headers)
@@ -294,7 +298,7 @@ class Pop:
         return await self._fetch(request, headers, None, method="GET"), headers
 
     async def _revalidate(self, key: CacheKey, entry: CachedEntry, request: ClientRequest) -> CachedEntry:
-        headers = request.headers.without(_PERSONAL_FIELDS | _CONDITIONAL_FIELDS)
+        headers = request.headers.without(_PERSONAL_FIELDS | _CONDITIONAL_FIELDS | _RANGE_FIELDS)
         for name, value in conditional_headers(entry.stored.headers):
             headers = headers.with_line(name, value)
         response, _ = await self.coalescer.run(("revalidate", key), lambda: self._fetch_sent(request, headers))
@@ -320,7 +324,9 @@ class Pop:
         if self._in_flight >= self.settings.max_upstream_requests:
             # Counted in `stats.shed` where it is answered (`handle`).
             raise TooManyWaiters(f"{self._in_flight} upstream requests in flight: try again shortly")
-        forwarded = headers.without({"via", "x-forwarded-for"}).with_line("Via", self._via)
+        # The client's Connection options are applied here, before our own
+        # fields are added: "Connection: Via" must not remove the POP's Via.
+        forwarded = strip_hop_by_hop(headers).without({"via", "x-forwarded-for"}).with_line("Via", self._via)
         forwarded = forwarded.with_line("X-Forwarded-For", request.client)
         self._in_flight += 1
         try:
@@ -364,6 +370,12 @@ class Pop:
     def _store(self, key: CacheKey, request: ClientRequest, response: UpstreamResponse) -> CachedEntry | None:
         core_request = Request("GET", request.headers)
         if not is_storable(core_request, Response(response.status, response.headers)):
+            self.stats.not_stored += 1
+            return None
+        personal = _PERSONAL_FIELDS & request.headers.names()
+        if personal and not personal.isdisjoint(vary_field_names(response.headers) or ()):
+            # The personal fields are not kept with the entry, so it would match
+            # every request without them: another client would get this one's variant.
             self.stats.not_stored += 1
             return None
         headers = headers_to_store(response.headers, received_at=response.response_time)
@@ -451,7 +463,8 @@ class Pop:
         keep_alive = request is not None and request.keep_alive and status < 500
         head = serialize_head(status, Headers(fields))
         ending = b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"
-        return head + b"Content-Length: %d\r\n" % len(body) + ending + body
+        content = b"" if request is not None and request.method == "HEAD" else body  # RFC 9110 section 9.3.2
+        return head + b"Content-Length: %d\r\n" % len(body) + ending + content
 
     # Invalidation --------------------------------------------------------------
     def purge_url(self, url: str) -> bool:

@@ -101,6 +101,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._close_after = False
+        self._failure: tuple[int, str] | None = None  # a malformed request behind ones still being answered
         self._reset_message()
 
     # Connection lifecycle ------------------------------------------------------
@@ -154,9 +155,10 @@ class HTTPProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset_message()
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        # The idle timer keeps running until the request is complete: a client
+        # sending a few bytes and then nothing must not hold the connection forever.
+        if self._idle is None:
+            self._arm_idle()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -167,12 +169,35 @@ class HTTPProtocol(asyncio.Protocol):
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self._state.max_header_bytes:
             raise _Reject(431, f"request headers larger than {self._state.max_header_bytes} bytes")
+        if self._in_trailer:
+            return  # RFC 9110 section 6.5.1: trailer fields are never merged into the header section
         lower = name.lower()
         if lower in self._state.slow_fields:
             self._slow = True
+            if lower == b"expect" and value.strip(b" \t").lower() == b"100-continue":
+                self._expect_continue = True
         if lower == b"host":
             self._hosts += 1
+        if lower == b"transfer-encoding" and value.strip(b" \t").lower() != b"chunked":
+            # llhttp accepts "gzip, chunked" and strips only the chunked framing;
+            # forwarded without its coding, the body would reach the upstream
+            # as something else (RFC 9112 section 6.1: 501 for codings not understood).
+            raise _Reject(501, "only the chunked transfer coding is supported")
         self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_trailer = True  # llhttp reports a chunked body's trailer fields through on_header too
+        # RFC 9110 section 10.1.1: the client waits for this before sending the body. Only
+        # when nothing is being answered: an interim response must follow the earlier final ones
+        # (the client then sends the body after its own timeout).
+        if (
+            self._expect_continue
+            and not self._busy
+            and not self._queue
+            and self._transport is not None
+            and self._parser.get_http_version() == "1.1"
+        ):
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body += body
@@ -180,6 +205,11 @@ class HTTPProtocol(asyncio.Protocol):
             raise _Reject(413, f"request body larger than {self._state.max_body_bytes} bytes")
 
     def on_message_complete(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()  # the request is in; `request_timeout` bounds the rest
+            self._idle = None
+        if self._parser.should_upgrade():
+            return  # CONNECT or an upgrade: the HttpParserUpgrade that follows answers it (data_received)
         method = self._parser.get_method().decode("ascii", "replace")
         http_version = self._parser.get_http_version()
         keep_alive = self._parser.should_keep_alive() and not self._state.closing
@@ -223,6 +253,10 @@ class HTTPProtocol(asyncio.Protocol):
                 data = await handler(request)
         except TimeoutError:
             data = self._state.pop.error(504, "the request took too long", request)
+        except Exception:
+            # We broke: answer (and close) rather than leave the connection busy forever.
+            log.exception("%s %s failed", request.method, request.target[:200])
+            data = self._state.pop.error(500, "the POP failed to answer; see its log", request)
         transport = self._transport
         if transport is None:
             return
@@ -232,14 +266,18 @@ class HTTPProtocol(asyncio.Protocol):
                 '%s "%s %s" %s %d', self._peer, request.method, request.target, data[9:12].decode(), len(data)
             )
         self._busy = False
+        head_end = data.find(b"\r\n\r\n")
         if (
             not request.keep_alive
             or (self._close_after and not self._queue)
-            or data.find(b"Connection: close\r\n", 0, 4096) >= 0
+            or data.find(b"\r\nConnection: close\r\n", 0, head_end + 2) >= 0  # in the head, not the body
         ):
             transport.close()
             return
-        if len(self._queue) < MAX_PIPELINED:
+        if self._failure is not None and not self._queue:
+            self._fail(*self._failure)
+            return
+        if len(self._queue) < MAX_PIPELINED and self._failure is None:
             transport.resume_reading()
         if self._queue:
             self._next()
@@ -249,6 +287,12 @@ class HTTPProtocol(asyncio.Protocol):
     def _fail(self, status: int, message: str) -> None:
         transport = self._transport
         if transport is None:
+            return
+        if self._busy or self._queue:
+            # Responses go out in request order (RFC 9112 section 9.3.2): the
+            # error follows the answers to the requests before the bad one.
+            self._failure = (status, message)
+            transport.pause_reading()
             return
         self._queue.clear()  # nothing is answered after the error
         extra = (("Allow", ", ".join(sorted(FORWARDED_METHODS))),) if status == 405 else ()
@@ -262,6 +306,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._idle = loop.call_later(self._state.keepalive_timeout, self._on_idle)
 
     def _on_idle(self) -> None:
+        self._idle = None
         if not self._busy and self._transport is not None:
             self._transport.close()
 
@@ -272,6 +317,8 @@ class HTTPProtocol(asyncio.Protocol):
         self._hosts = 0
         self._body = bytearray()
         self._slow = False
+        self._in_trailer = False
+        self._expect_continue = False
 
 
 def slow_fields(hints_enabled: bool) -> frozenset[bytes]:

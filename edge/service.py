@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 
@@ -21,6 +22,7 @@ from edge.upstream import Outcome, UpstreamConfig, UpstreamPool
 log = logging.getLogger("boxoffice.edge")
 
 TICK_SECONDS = 1.0  # load figure refresh
+GC_FREEZE_EVERY_TICKS = 10
 
 
 def build(settings: EdgeSettings) -> tuple[EdgeApp, ServerState, UpstreamPool, FeedFollower | None]:
@@ -104,8 +106,19 @@ async def serve(settings: EdgeSettings) -> None:
 
 
 async def _tick(app: EdgeApp) -> None:
+    ticks = 0
     while True:
         app.tick()
+        ticks += 1
+        if ticks % GC_FREEZE_EVERY_TICKS == 0:
+            # Cached entries are long-lived and hold no reference cycles. Left
+            # to the collector, every full collection rescans all of them: at
+            # 25k entries one took 142 ms (the benchmark's miss p99). Collect
+            # the young generations, then move everything that survived to the
+            # permanent generation, which full collections skip; evicted
+            # entries are still freed by reference counting.
+            gc.collect(1)
+            gc.freeze()
         await asyncio.sleep(TICK_SECONDS)
 
 

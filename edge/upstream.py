@@ -503,8 +503,13 @@ def _parse_target(target: str) -> tuple[str, str]:
 
 
 def _response_headers(raw: Sequence[tuple[bytes, bytes]]) -> Headers:
-    """Response fields without hop-by-hop ones. Raises MalformedHeader, UnicodeDecodeError."""
-    return strip_hop_by_hop(Headers((name.decode("ascii"), value.decode("utf-8")) for name, value in raw))
+    """Response fields without hop-by-hop ones. Raises MalformedHeader, UnicodeDecodeError.
+
+    Values are decoded as latin-1, which maps every byte to one character: the
+    POP writes them back with latin-1, so the client gets the upstream's bytes
+    (RFC 9110 section 5.5 treats obs-text as opaque), whatever their charset.
+    """
+    return strip_hop_by_hop(Headers((name.decode("ascii"), value.decode("latin-1")) for name, value in raw))
 
 
 async def _read_body(resp: aiohttp.ClientResponse, max_body: int) -> bytes:
