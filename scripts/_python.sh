@@ -22,5 +22,5 @@ ensure_venv() {
     fi
     local target="."
     [ -n "$extra" ] && target=".[$extra]"
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e "$target"
+    .venv/bin/python -m pip install -qq --disable-pip-version-check -e "$target"
 }
