@@ -155,7 +155,15 @@ class Answerer:
         text hashes faster than an address object); `now` saves a clock read
         when the caller has one.
         """
-        self._check_generation(now)
+        if now is None:
+            now = self._clock() if self._clock is not None else 0.0
+        # Inlined _check_generation: this runs once per datagram.
+        if (
+            self.registry.generation != self._generation[0]
+            or self.health_generation != self._generation[1]
+            or now - self._cache_started > self._cache_lifetime
+        ):
+            self._check_generation(now)
         key = (client if client_key is None else client_key, tcp, max_size, packet[2:])
         hit = self._replies.get(key)
         if hit is not None:

@@ -19,7 +19,7 @@ from geodns.health import HealthChecker, HealthTracker
 from geodns.model import IPAddress, Location, PopHealth
 from geodns.ratelimit import RateLimiter
 from geodns.registry import PopRegistry
-from geodns.server import TCPServerState, TransportStats, UDPProtocol
+from geodns.server import TCPServerState, TransportStats, UDPProtocol, UDPSocketServer
 from geodns.settings import GeoDNSSettings
 from geodns.zone import ZoneIndex
 
@@ -70,11 +70,12 @@ async def serve(settings: GeoDNSSettings, config_path: Path) -> None:
         timeout=settings.health_timeout,
         on_change=on_health_change,
     )
-    udp, _ = await loop.create_datagram_endpoint(
-        lambda: UDPProtocol(state.answerer, state.limiter, max_amplification=settings.max_amplification,
-                            stats=state.stats),
-        local_addr=(settings.host, settings.port),
-    )  # fmt: skip
+    udp = UDPSocketServer(
+        settings.host,
+        settings.port,
+        UDPProtocol(state.answerer, state.limiter, max_amplification=settings.max_amplification, stats=state.stats),
+    )
+    udp.start()
     state.tcp = TCPServerState(
         state.answerer, state.stats, settings.tcp_max_connections, settings.tcp_max_queries, settings.tcp_idle_timeout
     )
