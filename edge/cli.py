@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import multiprocessing
 import multiprocessing.process
 import sys
 from collections.abc import Sequence
 
 from edge.settings import EdgeSettings
+from ops.runtime import configure_logging
 from ops.settings import SettingsError, add_arguments, load
 
 DESCRIPTION = """\
@@ -44,9 +44,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "boxoffice edge") -> int
     except SettingsError as exc:
         print(f"{prog}: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level)
     children = _start_workers(settings)
     try:
         _run(settings)
@@ -69,9 +67,7 @@ def _run(settings: EdgeSettings) -> None:
 
 
 def _worker(settings: EdgeSettings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level)
     with contextlib.suppress(KeyboardInterrupt):
         _run(settings)
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-import signal
 
 import aiohttp
 
@@ -18,6 +16,7 @@ from edge.routes import EdgeApp
 from edge.server import ServerState, slow_fields
 from edge.settings import EdgeSettings
 from edge.upstream import Outcome, UpstreamConfig, UpstreamPool
+from ops.runtime import until_signalled
 
 log = logging.getLogger("boxoffice.edge")
 
@@ -88,7 +87,7 @@ async def serve(settings: EdgeSettings) -> None:
         async with asyncio.TaskGroup() as tasks:
             follower_task = tasks.create_task(follower.run()) if follower is not None else None
             ticker = tasks.create_task(_tick(app))
-            await _until_signalled()
+            await until_signalled()
             log.info("shutting down: finishing in-flight requests for up to %.0f s", settings.shutdown_timeout)
             server.close()
             state.close_idle()
@@ -120,17 +119,3 @@ async def _tick(app: EdgeApp) -> None:
             gc.collect(1)
             gc.freeze()
         await asyncio.sleep(TICK_SECONDS)
-
-
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.remove_signal_handler(sig)

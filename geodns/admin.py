@@ -219,7 +219,9 @@ def _authorize(request: web.Request, state: GeoDNS) -> None:
     if not token:
         raise _Problem(403, "admin_disabled", "admin writes are disabled: set geodns.admin_token")
     scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(offered.encode(), token.encode()):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        offered.encode("utf-8", "surrogateescape"), token.encode()
+    ):
         raise _Problem(401, "unauthorized", "send Authorization: Bearer <geodns.admin_token>")
 
 

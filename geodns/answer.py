@@ -161,7 +161,7 @@ class Answerer:
         if (
             self.registry.generation != self._generation[0]
             or self.health_generation != self._generation[1]
-            or now - self._cache_started > self._cache_lifetime
+            or not 0.0 <= now - self._cache_started <= self._cache_lifetime  # also a clock gone backwards
         ):
             self._check_generation(now)
         key = (client if client_key is None else client_key, tcp, max_size, packet[2:])
@@ -248,7 +248,7 @@ class Answerer:
         if now is None:
             now = self._clock() if self._clock is not None else 0.0
         generation = (self.registry.generation, self.health_generation)
-        if generation != self._generation or now - self._cache_started > self._cache_lifetime:
+        if generation != self._generation or not 0.0 <= now - self._cache_started <= self._cache_lifetime:
             # Loads change without health transitions; a short lifetime lets
             # shedding follow them (the checker reports once per interval).
             self._cache.clear()

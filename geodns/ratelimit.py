@@ -81,5 +81,7 @@ class RateLimiter:
         stale = [key for key, bucket in self._buckets.items() if now - bucket.updated > IDLE_FORGET_SECONDS]
         for key in stale:
             del self._buckets[key]
-        if len(self._buckets) >= MAX_TRACKED_NETWORKS:
-            self._buckets.clear()  # under a wide spoofed scan, start over rather than grow
+        # Under a wide spoofed scan, start over rather than grow — and rather than
+        # sweep again for every new network when only a few went stale.
+        if len(self._buckets) >= MAX_TRACKED_NETWORKS * 3 // 4:
+            self._buckets.clear()

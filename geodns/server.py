@@ -17,7 +17,7 @@ import time
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import ip_address
+from ipaddress import IPv6Address, ip_address
 from typing import Final
 
 from geodns.answer import Answerer
@@ -153,8 +153,11 @@ class TCPProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or self._client is None:
             return
+        # The idle timer restarts when a message begins and when one is answered,
+        # not on every byte: a client trickling bytes cannot hold a slot forever.
+        if not self._buffer:
+            self._arm_idle()
         self._buffer += data
-        self._arm_idle()
         while len(self._buffer) >= 2:
             (length,) = _LENGTH.unpack_from(self._buffer)
             if length == 0 or length > MAX_TCP_QUERY:
@@ -175,6 +178,7 @@ class TCPProtocol(asyncio.Protocol):
             if self._answered >= self._server.max_queries:
                 transport.close()  # flushes what was written, then closes
                 return
+            self._arm_idle()
 
     def close(self) -> None:
         if self._transport is not None:
@@ -212,9 +216,13 @@ def _client_address(addr: object) -> IPAddress | None:
     if not isinstance(addr, tuple) or not addr:
         return None
     try:
-        return ip_address(str(addr[0]).split("%", 1)[0])
+        address = ip_address(str(addr[0]).split("%", 1)[0])
     except ValueError:
         return None
+    # A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d: locate and rate-limit them as IPv4.
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 # Draining the UDP socket directly ---------------------------------------------------

@@ -160,9 +160,9 @@ def parse_query(packet: bytes) -> Query:
             if edns is not None:
                 raise FormatError("more than one OPT record", query_id, flags)  # RFC 6891 section 6.1.1
             edns = record
-    # A dot inside a label is escaped as in zone files, so it can never
-    # alias a different name of ours.
-    name = ".".join(label.decode("latin-1").replace(".", "\\.") for label in labels) + "."
+    # A dot (and the escape character itself) inside a label is escaped as in
+    # zone files, so it can never alias a different name: "a\\" + "b" is not "a.b".
+    name = ".".join(label.decode("latin-1").replace("\\", "\\\\").replace(".", "\\.") for label in labels) + "."
     return Query(query_id, flags, opcode, question, name, labels, qtype, qclass, edns)
 
 

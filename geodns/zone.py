@@ -63,7 +63,7 @@ class ZoneIndex:
 
     def zone_of(self, name: str) -> Zone | None:
         for zone in self._zones:
-            if name == zone.origin or name.endswith("." + zone.origin) or zone.origin == ".":
+            if name == zone.origin or zone.origin == "." or _under(name, zone.origin):
                 return zone
         return None
 
@@ -108,6 +108,14 @@ class ZoneIndex:
             if name == origin or "." not in name.rstrip("."):
                 return
             name = name.split(".", 1)[1]
+
+
+def _under(name: str, origin: str) -> bool:
+    # The dot before the origin must be a label boundary, not an escaped "\\." inside a label.
+    if not name.endswith("." + origin):
+        return False
+    head = name[: -len(origin) - 1]
+    return (len(head) - len(head.rstrip("\\"))) % 2 == 0
 
 
 def _soa_text(zone: Zone) -> str:
