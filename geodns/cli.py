@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 from geodns.config import ConfigError, load_zone_config
 from geodns.geo import GeoDatabaseError
 from geodns.settings import GeoDNSSettings
+from ops.runtime import configure_logging
 from ops.settings import SettingsError, add_arguments, load
 
 DESCRIPTION = """\
@@ -43,9 +43,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "boxoffice geodns") -> i
     if not config_path:
         print(f"{prog}: --config FILE is required: it lists the zones and POPs to serve", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level)
     try:
         if args.command == "check":
             config = load_zone_config(Path(config_path))

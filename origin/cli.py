@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 
-from ops.runtime import run
+from ops.runtime import configure_logging, run
 from ops.settings import SettingsError, add_arguments, load
 from origin.errors import OriginError
 from origin.service import open_store, seed_demo_catalog, serve
@@ -44,9 +43,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "boxoffice origin") -> i
     except SettingsError as exc:
         print(f"{prog}: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level)
     try:
         if args.command == "serve":
             run(serve(settings))

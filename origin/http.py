@@ -23,7 +23,7 @@ from aiohttp import web
 from ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ops.metrics import Registry
 from origin.changefeed import Position, check_since
-from origin.errors import BadRequest, NotFound, OriginError
+from origin.errors import BadRequest, NotFound, OriginError, PositionGone
 from origin.ledger import Ledger, check_idempotency_key, parse_hold_request, parse_order_request
 from origin.settings import OriginSettings
 from origin.store.base import MAX_CHANGE_BATCH, MAX_PAGE_ROWS, Store
@@ -210,6 +210,10 @@ async def get_changes(request: web.Request) -> web.StreamResponse:
         bounds = await origin.store.feed_bounds()
         check_since(since, epoch=bounds.epoch, retained_after=bounds.retained_after, head=bounds.head)
         records = await origin.store.changes(since.seq, limit) if bounds.head > since.seq else []
+        if bounds.head > since.seq and (not records or records[0].pos.seq != since.seq + 1):
+            # Retention pruned past `since` after the bounds were read: the
+            # records in between are gone, and skipping them would be a silent gap.
+            raise PositionGone(f"position {since.seq} was pruned while reading: re-snapshot")
         remaining = deadline - time.monotonic()
         if records or remaining <= 0:
             break
@@ -368,7 +372,9 @@ def _query_int(request: web.Request, name: str, default: int, low: int, high: in
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # ASCII digits only: str.isdigit() accepts '²', which int() refuses, and
+    # int() refuses more than 4,300 digits.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(high)) or not low <= int(raw) <= high:
         raise BadRequest(f"{name} must be an integer from {low} to {high}")
     return int(raw)
 

@@ -21,6 +21,7 @@ twice; the same key with a different body is refused (422).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -39,7 +40,7 @@ from origin.errors import (
     IdempotencyKeyReused,
     NotFound,
 )
-from origin.hlc import HybridClock
+from origin.hlc import HybridClock, Stamp
 from origin.model import HOLD_ACTIVE, HOLD_EXPIRED, HOLD_ORDERED, Hold, Item, Order
 from origin.store.base import Store, Transaction
 
@@ -147,7 +148,7 @@ class Ledger:
             item = await tx.item_for_update(request.item_id)
             if item is None:
                 raise NotFound(f"no item {request.item_id}")
-            stamp = self._clock.now().encode()
+            stamp = self._stamp_after(item.hlc)
             taken = inventory.take(item, request.qty, request.seats, hlc=stamp, now=now)
             hold = Hold(
                 id=f"hld-{secrets.token_hex(8)}",
@@ -191,6 +192,11 @@ class Ledger:
                 # Expire it here and now, committing the returned stock, then answer 410.
                 await self._expire(tx, hold, now)
                 expired = True
+                if idempotency_key is not None:
+                    # The claim commits with the expiry: store the 410 so a retry replays it.
+                    message = f"hold {hold_id} expired at {hold.to_document()['expires_at']}"
+                    error = {"error": {"status": HoldExpired.status, "code": HoldExpired.code, "message": message}}
+                    await tx.complete_idempotency_key(f"orders:{idempotency_key}", HoldExpired.status, error)
             else:
                 item = await tx.item_for_update(hold.item_id)
                 if item is None:
@@ -234,8 +240,21 @@ class Ledger:
         item = await tx.item_for_update(hold.item_id)
         if item is None:
             return
-        returned = inventory.give_back(item, hold.qty, hold.seats, hlc=self._clock.now().encode(), now=now)
+        returned = inventory.give_back(item, hold.qty, hold.seats, hlc=self._stamp_after(item.hlc), now=now)
         await self._write_item(tx, item, returned, now)
+
+    def _stamp_after(self, previous: str) -> str:
+        """A stamp above our clock and the item's stored stamp.
+
+        A restarted origin's clock starts again from its physical time, which
+        may be behind the stamps it (or another node) wrote before.
+        """
+        stamp = self._clock.now()
+        with contextlib.suppress(ValueError):  # an undecodable stamp, or ClockSkewError
+            prior = Stamp.decode(previous)
+            if (prior.wall_ms, prior.logical) >= (stamp.wall_ms, stamp.logical):
+                stamp = self._clock.observe(prior)
+        return stamp.encode()
 
     async def _write_item(self, tx: Transaction, old: Item, new: Item, now: datetime) -> None:
         await tx.put_item(new)
@@ -258,4 +277,6 @@ def _fingerprint(request: dict[str, Any]) -> str:
 def _replay(stored: str, fingerprint: str, status: int, body: dict[str, Any]) -> WriteResult:
     if stored != fingerprint:
         raise IdempotencyKeyReused("this Idempotency-Key was used with a different request")
+    if status == HoldExpired.status:
+        raise HoldExpired(str(body.get("error", {}).get("message", "hold expired")))
     return WriteResult(status, body, replayed=True)

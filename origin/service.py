@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from ops.runtime import until_signalled
 from origin.catalog import build_catalog, summarize
 from origin.hlc import HybridClock
 from origin.http import Origin, create_app
@@ -74,26 +73,12 @@ async def serve(settings: OriginSettings) -> None:
                     print(f"  try: curl -i {base}/v1/items/{items[0].id}")
                 print(f"       curl {base}/v1/events/{sample[0].id}")
             print("  stop with Ctrl-C", flush=True)
-            await _until_signalled()
+            await until_signalled()
             log.info("shutting down: draining requests for up to %.0f s", settings.shutdown_timeout)
         finally:
             await runner.cleanup()
     finally:
         await store.close()
-
-
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.remove_signal_handler(sig)
 
 
 def _url_host(host: str) -> str:

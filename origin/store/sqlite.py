@@ -173,14 +173,22 @@ class SQLiteStore(Store):
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self._write_lock:
             conn = self._writer_conn()
-            await self._write(functools.partial(conn.execute, "BEGIN IMMEDIATE"))
             tx = _SQLiteTransaction(self, conn)
             try:
+                # Inside the try: a cancellation while BEGIN runs in the writer
+                # thread must still roll back, or the connection (and SQLite's
+                # write lock) would stay in a transaction no one owns.
+                await self._write(functools.partial(conn.execute, "BEGIN IMMEDIATE"))
                 yield tx
             except BaseException:
-                await asyncio.shield(self._write(functools.partial(conn.execute, "ROLLBACK")))
+                # Queued behind any statement still running in the writer thread.
+                await asyncio.shield(self._write(functools.partial(_rollback_if_open, conn)))
                 raise
-            await self._write(functools.partial(conn.execute, "COMMIT"))
+            try:
+                await self._write(functools.partial(conn.execute, "COMMIT"))
+            except BaseException:
+                await asyncio.shield(self._write(functools.partial(_rollback_if_open, conn)))
+                raise
             if tx.appended:
                 self.head_watch.notify()
 
@@ -423,6 +431,11 @@ def _insert_catalog(
             for offset, item in enumerate(items)
         ],
     )
+
+
+def _rollback_if_open(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def _one_doc(sql: str, params: tuple[Any, ...]) -> Callable[[sqlite3.Connection], dict[str, Any] | None]:
