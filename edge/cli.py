@@ -45,8 +45,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "boxoffice edge") -> int
         print(f"{prog}: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    children = _start_workers(settings)
+    children: list[multiprocessing.process.BaseProcess] = []
     try:
+        _start_workers(settings, children)
         _run(settings)
     except OSError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
@@ -72,11 +73,10 @@ def _worker(settings: EdgeSettings) -> None:
         _run(settings)
 
 
-def _start_workers(settings: EdgeSettings) -> Sequence[multiprocessing.process.BaseProcess]:
-    """Start `workers - 1` more processes on the same port; this process is the last one."""
+def _start_workers(settings: EdgeSettings, children: list[multiprocessing.process.BaseProcess]) -> None:
+    """Start `workers - 1` more processes on the same port, appending each to `children` once started."""
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=_worker, args=(settings,), name=f"edge-worker-{n}")
-                for n in range(1, settings.workers)]  # fmt: skip
-    for child in children:
+    for n in range(1, settings.workers):
+        child = context.Process(target=_worker, args=(settings,), name=f"edge-worker-{n}")
         child.start()
-    return children
+        children.append(child)

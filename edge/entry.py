@@ -22,6 +22,7 @@ from edge.cachecontrol import response_cache_control
 from edge.cachekey import CacheKey
 from edge.freshness import freshness_lifetime, stored_response_age
 from edge.messages import Headers, StoredResponse
+from edge.syntax import DELTA_SECONDS_CAP
 
 # Fields the POP writes itself on every response it sends.
 _OWN_FIELDS: Final = frozenset({"age", "content-length", "connection", "keep-alive", "transfer-encoding", "x-cache"})
@@ -49,7 +50,8 @@ class CachedEntry:
         return len(self.body) + len(self.head) + 256
 
     def age(self, now: float) -> int:
-        return max(0, int(self.initial_age + (now - self.stored.response_time)))
+        # RFC 9111 section 1.2.2: an age beyond 2^31 is sent as 2^31.
+        return min(DELTA_SECONDS_CAP, max(0, int(self.initial_age + (now - self.stored.response_time))))
 
     def render(self, now: float, *, head_only: bool, keep_alive: bool, x_cache: bytes = b"HIT") -> bytes:
         """The full response bytes for a hit at `now`."""

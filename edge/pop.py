@@ -128,13 +128,19 @@ class Pop:
         )
         self.stats = PopStats()
         # Each flight's result carries the request headers it was fetched with (for Vary).
-        self.coalescer: Coalescer[tuple[UpstreamResponse, Headers]] = Coalescer(
+        self.coalescer: Coalescer[tuple[UpstreamResponse, Headers, int]] = Coalescer(
             max_waiters=settings.max_coalesced_waiters, timeout=settings.coalesce_timeout
         )
         self._key_memo: dict[str, CacheKey] = {}
         self._event_of_item: dict[str, str] = {}
         self._announced: dict[str, int] = {}  # item id -> newest version the change feed named
         self._in_flight = 0
+        # Purges are numbered; a response whose fetch began before its key's
+        # latest purge (or before a feed reset, `_purge_floor`) is not stored.
+        self._purge_seq = 0
+        self._purge_floor = 0
+        self._purged_at: dict[CacheKey, int] = {}
+        self._l2_floor = 0.0  # second-level entries received before this wall-clock time predate a feed reset
         self._background: set[asyncio.Task[None]] = set()
         self._via = f"1.1 boxoffice-{settings.pop}"
 
@@ -226,7 +232,7 @@ class Pop:
             if entry is not None and decision.action is Action.MUST_REVALIDATE:
                 fresh = await self._revalidate(key, entry, request)
                 return self._serve(fresh, request, self.clock(), b"REVALIDATED")
-            response = await self._fetch_shared(key, request)
+            response, since = await self._fetch_shared(key, request)
         except UpstreamUnavailable as exc:
             self.stats.upstream_errors += 1
             if entry is not None and stale_if_error_allowed(core_request, entry.stored, self.clock()):
@@ -235,7 +241,7 @@ class Pop:
             if exc.response is not None:
                 return self._relay(exc.response, head_only, request.keep_alive, b"MISS")
             return self.error(502, f"no upstream answered: {exc.message}", request)
-        stored = self._store(key, request, response)
+        stored = self._store(key, request, response, since)
         if stored is not None:
             return self._serve(stored, request, self.clock(), b"MISS")
         return self._relay(response, head_only, request.keep_alive, b"MISS")
@@ -243,8 +249,9 @@ class Pop:
     async def _from_l2(self, key: CacheKey, request: ClientRequest, now: float) -> bytes | None:
         """A response from the shared second level when it is fresh for this request; it also fills L1."""
         assert self.l2 is not None
+        since = self._purge_seq
         blob = await self.l2.get(key)
-        if blob is None:
+        if blob is None or self._purged_since(key, since) or blob.stored.response_time < self._l2_floor:
             return None
         entry = make_entry(key, blob.stored, blob.body, blob.request_headers)
         if entry.vary is not None and not vary_matches(entry.vary, entry.request_headers, request.headers):
@@ -272,36 +279,40 @@ class Pop:
         return self._relay(response, False, request.keep_alive, b"PASS")
 
     # Upstream ------------------------------------------------------------------
-    async def _fetch_shared(self, key: CacheKey, request: ClientRequest) -> UpstreamResponse:
+    async def _fetch_shared(self, key: CacheKey, request: ClientRequest) -> tuple[UpstreamResponse, int]:
+        """The response and the purge number its fetch began at."""
         if any(name in _PERSONAL_FIELDS for name in request.headers.names()):
-            return await self._fetch(request, request.headers.without(_CONDITIONAL_FIELDS), None, method="GET")
+            since = self._purge_seq
+            return await self._fetch(request, request.headers.without(_CONDITIONAL_FIELDS), None, method="GET"), since
         shared_headers = request.headers.without(_PERSONAL_FIELDS | _CONDITIONAL_FIELDS | _RANGE_FIELDS)
 
-        def fetch() -> Awaitable[tuple[UpstreamResponse, Headers]]:
+        def fetch() -> Awaitable[tuple[UpstreamResponse, Headers, int]]:
             return self._fetch_sent(request, shared_headers)
 
         joined = key in self.coalescer
         if joined:
             self.stats.coalesced += 1
-        response, sent = await self.coalescer.run(key, fetch)
+        response, sent, since = await self.coalescer.run(key, fetch)
         vary = response.headers.combined("vary")
         if joined and vary is not None and not vary_matches(vary, sent, request.headers):
             # The leader's request selected another variant (RFC 9111 section 4.1):
             # fetch this one, coalesced with requests for the same variant only.
             variant = secondary_key(vary, request.headers)
             if variant is None:  # Vary: * is never shared
-                return (await fetch())[0]
-            response, _ = await self.coalescer.run(("variant", key, variant), fetch)
-        return response
+                response, _, since = await fetch()
+                return response, since
+            response, _, since = await self.coalescer.run(("variant", key, variant), fetch)
+        return response, since
 
-    async def _fetch_sent(self, request: ClientRequest, headers: Headers) -> tuple[UpstreamResponse, Headers]:
-        return await self._fetch(request, headers, None, method="GET"), headers
+    async def _fetch_sent(self, request: ClientRequest, headers: Headers) -> tuple[UpstreamResponse, Headers, int]:
+        since = self._purge_seq
+        return await self._fetch(request, headers, None, method="GET"), headers, since
 
     async def _revalidate(self, key: CacheKey, entry: CachedEntry, request: ClientRequest) -> CachedEntry:
         headers = request.headers.without(_PERSONAL_FIELDS | _CONDITIONAL_FIELDS | _RANGE_FIELDS)
         for name, value in conditional_headers(entry.stored.headers):
             headers = headers.with_line(name, value)
-        response, _ = await self.coalescer.run(("revalidate", key), lambda: self._fetch_sent(request, headers))
+        response, _, since = await self.coalescer.run(("revalidate", key), lambda: self._fetch_sent(request, headers))
         if response.status == 304 and not_modified_applies(entry.stored.headers, response.headers):
             self.stats.revalidated += 1
             stored = refreshed_from_304(
@@ -309,9 +320,10 @@ class Pop:
             )
             fresh = make_entry(key, stored, entry.body, entry.request_headers)
             fresh.item_id, fresh.event_id = entry.item_id, entry.event_id
-            self.cache.put(key, fresh, fresh.size)
+            if not self._purged_since(key, since):
+                self.cache.put(key, fresh, fresh.size)
             return fresh
-        stored_entry = self._store(key, request, response)
+        stored_entry = self._store(key, request, response, since)
         if stored_entry is None:
             # A new response that may not be stored still answers this request.
             stored = StoredResponse(response.status, response.headers, response.request_time, response.response_time)
@@ -356,7 +368,9 @@ class Pop:
 
     async def warm(self, key: CacheKey, request: ClientRequest) -> bool:
         """Fetch `request` into the cache if that evicts nothing hotter; True when admitted."""
-        response = await self._fetch_shared(key, request)
+        response, since = await self._fetch_shared(key, request)
+        if self._purged_since(key, since):
+            return False
         if not is_storable(Request("GET", request.headers), Response(response.status, response.headers)):
             return False
         headers = headers_to_store(response.headers, received_at=response.response_time)
@@ -367,9 +381,11 @@ class Pop:
         return self.cache.admit_if_room(key, entry, entry.size)
 
     # Storing and serving -------------------------------------------------------
-    def _store(self, key: CacheKey, request: ClientRequest, response: UpstreamResponse) -> CachedEntry | None:
+    def _store(
+        self, key: CacheKey, request: ClientRequest, response: UpstreamResponse, since: int
+    ) -> CachedEntry | None:
         core_request = Request("GET", request.headers)
-        if not is_storable(core_request, Response(response.status, response.headers)):
+        if self._purged_since(key, since) or not is_storable(core_request, Response(response.status, response.headers)):
             self.stats.not_stored += 1
             return None
         personal = _PERSONAL_FIELDS & request.headers.names()
@@ -395,9 +411,13 @@ class Pop:
             self._spawn(self.l2.put(key, blob, usable_until=entry.swr_until, now=self.clock()))
         return entry
 
-    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
-        """Run best-effort work (second-level writes) owned by the POP; dropped when too much is pending."""
-        if len(self._background) >= MAX_BACKGROUND_TASKS:
+    def _purged_since(self, key: CacheKey, since: int) -> bool:
+        """Whether `key` was purged (or the feed reset) after purge number `since`."""
+        return self._purged_at.get(key, self._purge_floor) > since
+
+    def _spawn(self, job: Coroutine[Any, Any, None], *, droppable: bool = True) -> None:
+        """Run work owned by the POP (second-level writes); droppable jobs are dropped when too much is pending."""
+        if droppable and len(self._background) >= MAX_BACKGROUND_TASKS:
             job.close()
             self.stats.background_dropped += 1
             return
@@ -479,8 +499,14 @@ class Pop:
             return False
         removed = self.cache.delete(key)
         self.stats.purged += removed
+        self._purge_seq += 1
+        if len(self._purged_at) >= MAX_ITEM_EVENTS:
+            self._purged_at.clear()
+            self._purge_floor = self._purge_seq
+        self._purged_at[key] = self._purge_seq
         if self.l2 is not None:
-            self._spawn(self.l2.delete(key))
+            # Never dropped: a lost delete would let the purged response come back from Redis.
+            self._spawn(self.l2.delete(key), droppable=False)
         return removed
 
     def on_item_changed(self, item_id: str, version: int, patch: dict[str, object]) -> None:
@@ -500,6 +526,17 @@ class Pop:
         log.warning("change feed reset (%s): evicting every item and event page", reason)
         for item_id in list(self._event_of_item):
             self.on_item_changed(item_id, 0, {})
+        # Also the item and event pages never linked to an item id (no event_id,
+        # not a 200, or forgotten when the table was cleared).
+        for key in self.cache.snapshot_keys():
+            path = key.url.split("/", 3)[-1] if key.url.count("/") >= 3 else ""
+            if path.startswith(("v1/items/", "v1/events/")):
+                self.stats.purged += self.cache.delete(key)
+        # Nothing fetched before now may be stored or taken from the second level.
+        self._purge_seq += 1
+        self._purge_floor = self._purge_seq
+        self._purged_at.clear()
+        self._l2_floor = self.clock()
 
     async def drain(self) -> None:
         await self.coalescer.drain()

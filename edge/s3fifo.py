@@ -179,6 +179,10 @@ class S3FifoCache(Generic[K, V]):
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
+    def snapshot_keys(self) -> list[K]:
+        """A snapshot of the cached keys (safe to delete while iterating)."""
+        return list(self._entries)
+
     def __len__(self) -> int:
         return len(self._entries)
 

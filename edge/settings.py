@@ -63,6 +63,12 @@ class EdgeSettings:
         for name in ("max_upstream_requests", "max_connections", "warm_concurrency", "max_coalesced_waiters"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"edge.{name}: must be at least 1")
+        for name in ("keepalive_timeout", "request_timeout", "upstream_connect_timeout", "upstream_read_timeout",
+                     "coalesce_timeout", "feed_wait"):  # fmt: skip
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"edge.{name}: must be positive")
+        if self.shutdown_timeout < 0:
+            raise SettingsError("edge.shutdown_timeout: must not be negative")
         if self.capacity <= 0:
             raise SettingsError("edge.capacity: must be positive")
         if self.log_level not in ("debug", "info", "warning", "error"):
