@@ -9,13 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Final
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
-
-# Mean Earth radius (IUGG), for great-circle distances.
-EARTH_RADIUS_KM: Final = 6371.0088
 
 
 @dataclass(frozen=True, slots=True)

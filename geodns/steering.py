@@ -43,7 +43,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from geodns.model import EARTH_RADIUS_KM, Choice, Location, Pop, PopHealth
+from geodns.model import Choice, Location, Pop, PopHealth
+from ops.geo import great_circle_km
 
 # A POP absent from the health map has never passed a check (rule 2).
 UNKNOWN_HEALTH: Final = PopHealth(healthy=False)
@@ -56,20 +57,6 @@ _FRACTION_SCALE: Final = float(1 << (8 * _FRACTION_DIGEST_BYTES))
 # address as an integer; larger or negative keys are reduced modulo 2**128.
 _CLIENT_KEY_BYTES: Final = 16
 _CLIENT_KEY_MODULUS: Final = 1 << (8 * _CLIENT_KEY_BYTES)
-
-
-def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in kilometres between two points given in degrees.
-
-    Haversine formula on a sphere of radius :data:`EARTH_RADIUS_KM`; accurate to
-    about 0.5 % against the ellipsoid, far finer than network topology needs.
-    """
-    phi1, phi2 = math.radians(lat1), math.radians(lat2)
-    half_dphi = (phi2 - phi1) / 2
-    half_dlambda = math.radians(lon2 - lon1) / 2
-    h = math.sin(half_dphi) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(half_dlambda) ** 2
-    # Rounding can push h a hair above 1 for antipodal points; asin would raise.
-    return 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(min(1.0, max(0.0, h))))
 
 
 def client_fraction(client_key: int, salt: str = "") -> float:

@@ -71,7 +71,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Final
 
-from geodns.steering import great_circle_km
+from ops.geo import great_circle_km
 from origin.cities import REGION_DETAILS, Region
 from origin.errors import BadRequest
 

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geodns.model import EARTH_RADIUS_KM, Choice, Location, Pop, PopHealth
-from geodns.steering import choose_pops, client_fraction, great_circle_km, shed_share
+from geodns.model import Choice, Location, Pop, PopHealth
+from geodns.steering import choose_pops, client_fraction, shed_share
+from ops.geo import EARTH_RADIUS_KM, great_circle_km
 from origin.cities import REGION_DETAILS
 
 POPS: tuple[Pop, ...] = tuple(
