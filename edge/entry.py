@@ -59,11 +59,7 @@ class CachedEntry:
             fields = b"Age: %d\r\nX-Cache: %s\r\n" % (self.age(now), x_cache)
         else:
             fields = b"Age: %d\r\nContent-Length: %d\r\nX-Cache: %s\r\n" % (self.age(now), len(self.body), x_cache)
-        parts = [
-            self.head,
-            fields,
-            b"\r\n" if keep_alive else b"Connection: close\r\n\r\n",
-        ]
+        parts = [self.head, fields, end_of_head(keep_alive)]
         if not head_only:
             parts.append(self.body)
         return b"".join(parts)
@@ -106,6 +102,17 @@ def serialize_head(status: int, headers: Headers) -> bytes:
         if name.lower() not in _OWN_FIELDS:
             lines.append(name.encode("latin-1") + b": " + value.encode("latin-1") + _CRLF)
     return b"".join(lines)
+
+
+def end_of_head(keep_alive: bool) -> bytes:
+    """The bytes closing a response head: with `Connection: close` unless the connection stays open."""
+    return b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"
+
+
+def plain_response(status: int, headers: Headers, body: bytes, *, keep_alive: bool, send_body: bool = True) -> bytes:
+    """A whole response the POP writes itself (errors, its own endpoints): head, Content-Length, body."""
+    head = serialize_head(status, headers) + b"Content-Length: %d\r\n" % len(body) + end_of_head(keep_alive)
+    return head + body if send_body else head
 
 
 def _reason(status: int) -> bytes:

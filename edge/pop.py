@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from edge.cachekey import CacheKey, primary_key, secondary_key, vary_field_names, vary_matches
 from edge.coalesce import Coalescer, TooManyWaiters
-from edge.entry import CachedEntry, make_entry, serialize_head
+from edge.entry import CachedEntry, end_of_head, make_entry, plain_response, serialize_head
 from edge.errors import EdgeError, MalformedRequestTarget, PeerError, RequestTargetTooLong
 from edge.freshness import Action, decide, invalidated_urls, stale_if_error_allowed
 from edge.l2 import Blob, RedisL2
@@ -369,21 +369,14 @@ class Pop:
     async def warm(self, key: CacheKey, request: ClientRequest) -> bool:
         """Fetch `request` into the cache if that evicts nothing hotter; True when admitted."""
         response, since = await self._fetch_shared(key, request)
-        if self._purged_since(key, since):
-            return False
-        if not is_storable(Request("GET", request.headers), Response(response.status, response.headers)):
-            return False
-        headers = headers_to_store(response.headers, received_at=response.response_time)
-        stored = StoredResponse(response.status, headers, response.request_time, response.response_time)
-        entry = make_entry(key, stored, response.body, request.headers)
-        if not self._remember_item(entry):
-            return False
-        return self.cache.admit_if_room(key, entry, entry.size)
+        entry = self._storable_entry(key, request, response, since)
+        return entry is not None and self.cache.admit_if_room(key, entry, entry.size)
 
     # Storing and serving -------------------------------------------------------
-    def _store(
+    def _storable_entry(
         self, key: CacheKey, request: ClientRequest, response: UpstreamResponse, since: int
     ) -> CachedEntry | None:
+        """The cache entry for `response`, or None when it may not be stored (counted as not stored)."""
         core_request = Request("GET", request.headers)
         if self._purged_since(key, since) or not is_storable(core_request, Response(response.status, response.headers)):
             self.stats.not_stored += 1
@@ -401,6 +394,14 @@ class Pop:
             # The change feed already announced a newer version: this response
             # left the upstream before that change and must not be cached.
             self.stats.not_stored += 1
+            return None
+        return entry
+
+    def _store(
+        self, key: CacheKey, request: ClientRequest, response: UpstreamResponse, since: int
+    ) -> CachedEntry | None:
+        entry = self._storable_entry(key, request, response, since)
+        if entry is None:
             return None
         if self.cache.put(key, entry, entry.size):
             self.stats.stored += 1
@@ -452,8 +453,7 @@ class Pop:
         if client_not_modified(request.headers, entry.stored.headers, method=request.method,
                                stored_status=entry.stored.status, received_at=entry.stored.response_time):  # fmt: skip
             head = serialize_head(304, not_modified_headers(entry.stored.headers))
-            ending = b"\r\n" if request.keep_alive else b"Connection: close\r\n\r\n"
-            return head + b"Age: %d\r\nX-Cache: %s\r\n" % (entry.age(now), x_cache) + ending
+            return head + b"Age: %d\r\nX-Cache: %s\r\n" % (entry.age(now), x_cache) + end_of_head(request.keep_alive)
         return entry.render(now, head_only=head_only, keep_alive=request.keep_alive, x_cache=x_cache)
 
     def _relay(self, response: UpstreamResponse, head_only: bool, keep_alive: bool, x_cache: bytes) -> bytes:
@@ -461,8 +461,7 @@ class Pop:
         head = serialize_head(response.status, response.headers)
         body = b"" if head_only or response.status in (204, 304) or response.status < 200 else response.body
         length = b"" if response.status in (204, 304) else b"Content-Length: %d\r\n" % len(response.body)
-        ending = b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"
-        return head + length + b"X-Cache: %s\r\n" % x_cache + ending + body
+        return head + length + b"X-Cache: %s\r\n" % x_cache + end_of_head(keep_alive) + body
 
     def error(
         self,
@@ -481,10 +480,8 @@ class Pop:
         if retry_after is not None:
             fields.append(("Retry-After", str(retry_after)))
         keep_alive = request is not None and request.keep_alive and status < 500
-        head = serialize_head(status, Headers(fields))
-        ending = b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"
-        content = b"" if request is not None and request.method == "HEAD" else body  # RFC 9110 section 9.3.2
-        return head + b"Content-Length: %d\r\n" % len(body) + ending + content
+        send_body = request is None or request.method != "HEAD"  # RFC 9110 section 9.3.2
+        return plain_response(status, Headers(fields), body, keep_alive=keep_alive, send_body=send_body)
 
     # Invalidation --------------------------------------------------------------
     def purge_url(self, url: str) -> bool:

@@ -25,7 +25,7 @@ from typing import Any, Final
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge import hints as hintlib
-from edge.entry import serialize_head
+from edge.entry import plain_response
 from edge.errors import EdgeError, PeerError
 from edge.feedfollow import FeedFollower
 from edge.hints import HintService, PrefetchStats
@@ -150,8 +150,7 @@ class EdgeApp:
 
     async def render_metrics(self, request: ClientRequest) -> bytes:
         body = self.metrics.render().encode()
-        head = serialize_head(200, Headers([("Content-Type", CONTENT_TYPE), ("Cache-Control", "no-store")]))
-        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        return self._raw(200, body, CONTENT_TYPE, request, {"Cache-Control": "no-store"})
 
     async def warm(self, request: ClientRequest) -> bytes:
         self._authorize(request)
@@ -257,9 +256,8 @@ class EdgeApp:
 
     def _raw(self, status: int, body: bytes, content_type: str, request: ClientRequest,
              extra: Mapping[str, str]) -> bytes:  # fmt: skip
-        head = serialize_head(status, Headers([("Content-Type", content_type), *extra.items()]))
-        ending = b"\r\n" if request.keep_alive else b"Connection: close\r\n\r\n"
-        return head + b"Content-Length: %d\r\n" % len(body) + ending + body
+        headers = Headers([("Content-Type", content_type), *extra.items()])
+        return plain_response(status, headers, body, keep_alive=request.keep_alive)
 
     def _register_metrics(self) -> None:
         m, pop = self.metrics, self.pop

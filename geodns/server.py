@@ -42,7 +42,6 @@ LATENCY_SAMPLE: Final = 16
 class TransportStats:
     udp_queries: int = 0
     udp_oversized: int = 0
-    udp_truncated_for_size: int = 0
     tcp_queries: int = 0
     tcp_connections: int = 0
     tcp_refused: int = 0
@@ -105,10 +104,6 @@ class UDPProtocol(asyncio.DatagramProtocol):
         self._transport.sendto(packet, addr)
         if started and stats.latency_observe is not None:
             stats.latency_observe(time.perf_counter() - started, "udp")
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable from a client that went away: nothing to do.
-        log.debug("UDP error: %s", exc)
 
 
 class TCPProtocol(asyncio.Protocol):

@@ -342,8 +342,3 @@ def error_response(query_id: int, request_flags: int, rcode: int) -> bytes:
     opcode = (request_flags >> 11) & 0xF
     flags = _FLAG_QR | (opcode << 11) | (request_flags & _FLAG_RD) | (rcode & 0xF)
     return HEADER.pack(query_id, flags, 0, 0, 0, 0)
-
-
-def truncated(query: Query, opt: bytes | None) -> bytes:
-    """An empty TC=1 response: the rate limiter's 'slip' tells a real resolver to use TCP."""
-    return response(query, RCODE_NOERROR, Sections.empty(), authoritative=True, opt=opt, limit=0)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import math
 import os
 import re
@@ -228,3 +229,13 @@ def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(value) or "none"
     return str(value)
+
+
+def to_toml(settings: Any, section: str) -> str:
+    """The effective settings as a `[section]` TOML table (what `SERVICE config` prints)."""
+    lines = [f"[{section}]"]
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        shown = value if isinstance(value, bool | int | float | str) else str(value)
+        lines.append(f"{field.name} = {json.dumps(shown)}")
+    return "\n".join(lines)

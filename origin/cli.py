@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ops.runtime import configure_logging, run
-from ops.settings import SettingsError, add_arguments, load
+from ops.settings import SettingsError, add_arguments, load, to_toml
 from origin.errors import OriginError
 from origin.service import open_store, seed_demo_catalog, serve
 from origin.settings import OriginSettings
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "boxoffice origin") -> i
         elif args.command == "seed":
             run(_seed(settings, only_if_empty=args.if_empty))
         else:
-            _print_config(settings)
+            print(to_toml(settings, "origin"))
     except OriginError as exc:
         print(f"{prog}: {exc.message}", file=sys.stderr)
         return 1
@@ -71,12 +71,6 @@ async def _seed(settings: OriginSettings, *, only_if_empty: bool) -> None:
         print(f"{settings.database} already holds events; nothing seeded")
     else:
         print(json.dumps(summary, indent=2))
-
-
-def _print_config(settings: OriginSettings) -> None:
-    print("[origin]")
-    for name in OriginSettings.__dataclass_fields__:
-        print(f"{name} = {json.dumps(getattr(settings, name))}")
 
 
 if __name__ == "__main__":  # pragma: no cover

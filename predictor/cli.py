@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ops.settings import SettingsError, add_arguments, load
+from ops.settings import SettingsError, add_arguments, load, to_toml
 from origin.catalog import build_catalog
 from predictor.errors import PredictorError, WorkloadConfigError
 from predictor.settings import PredictorSettings, setting_for
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "boxoffice predictor") -
         if args.command == "generate":
             print(json.dumps(_generate(settings), indent=2))
         else:
-            _print_config(settings)
+            print(to_toml(settings, "predictor"))
     except WorkloadConfigError as exc:  # rates that contradict each other only once the workload is drawn
         print(f"{prog}: configuration error: predictor.{setting_for(exc.key)}: {exc.reason}", file=sys.stderr)
         return 2
@@ -107,13 +107,6 @@ def _generate(settings: PredictorSettings) -> dict[str, Any]:
         time.monotonic() - generated,
     )
     return {"directory": str(settings.workload_dir), "counts": summary["counts"], "statistics": summary["statistics"]}
-
-
-def _print_config(settings: PredictorSettings) -> None:
-    print("[predictor]")
-    for name in PredictorSettings.__dataclass_fields__:
-        value = getattr(settings, name)
-        print(f"{name} = {json.dumps(str(value) if not isinstance(value, int | float) else value)}")
 
 
 if __name__ == "__main__":  # pragma: no cover
