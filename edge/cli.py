@@ -16,8 +16,10 @@ from ops.settings import SettingsError, add_arguments, load
 DESCRIPTION = """\
 An edge POP: a caching reverse proxy (RFC 9111) in front of its regional
 shard, with request coalescing, stale-while-revalidate, push invalidation from
-the upstream's change feed, and failover across --upstreams. Settings come from
-flags, BOXOFFICE_EDGE_* variables, the [edge] table of --config, then defaults.
+the upstream's change feed (HTTP long-poll, or Redis Streams with --feed redis),
+routing by the shard map (--shardmap-url, --region) and failover across
+--upstreams. Settings come from flags, BOXOFFICE_EDGE_* variables, the [edge]
+table of --config, then defaults.
 """
 
 
@@ -60,23 +62,23 @@ def main(argv: Sequence[str] | None = None, prog: str = "boxoffice edge") -> int
     return 0
 
 
-def _run(settings: EdgeSettings) -> None:
+def _run(settings: EdgeSettings, worker: int = 0) -> None:
     from edge.service import serve
     from ops.runtime import run
 
-    run(serve(settings))
+    run(serve(settings, worker=worker))
 
 
-def _worker(settings: EdgeSettings) -> None:
+def _worker(settings: EdgeSettings, worker: int) -> None:
     configure_logging(settings.log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        _run(settings)
+        _run(settings, worker)
 
 
 def _start_workers(settings: EdgeSettings, children: list[multiprocessing.process.BaseProcess]) -> None:
     """Start `workers - 1` more processes on the same port, appending each to `children` once started."""
     context = multiprocessing.get_context("spawn")
     for n in range(1, settings.workers):
-        child = context.Process(target=_worker, args=(settings,), name=f"edge-worker-{n}")
+        child = context.Process(target=_worker, args=(settings, n), name=f"edge-worker-{n}")
         child.start()
         children.append(child)

@@ -19,6 +19,11 @@ pure cores (`edge.freshness`, `edge.validation`, `edge.cachekey`):
 
 Item documents remember their event, so a change-feed record for an item
 evicts both `/v1/items/{id}` and `/v1/events/{event_id}`.
+
+Upstream fetches go to `router.targets(target)` (edge.shardmap: the shard
+map's route for this POP's region) or, without a router, to the configured
+upstreams. The route is chosen inside the one fetch a coalesced miss makes,
+so requests waiting on it never fan out to other upstreams.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from edge.l2 import Blob, RedisL2
 from edge.messages import Headers, Request, Response, StoredResponse
 from edge.s3fifo import S3FifoCache
 from edge.settings import EdgeSettings
+from edge.shardmap import Router
 from edge.storability import headers_to_store, is_storable
 from edge.upstream import UpstreamPool, UpstreamResponse, UpstreamUnavailable, strip_hop_by_hop
 from edge.validation import (
@@ -117,9 +123,13 @@ class Pop:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         l2: RedisL2 | None = None,
+        router: Router | None = None,
     ) -> None:
         self.settings = settings
         self.upstream = upstream
+        # Which upstreams answer a target, in failover order: the shard map's
+        # route for this POP's region, or the configured upstreams without one.
+        self.router = router
         self.l2 = l2
         self.clock = clock
         self.monotonic = monotonic
@@ -342,8 +352,9 @@ class Pop:
         forwarded = forwarded.with_line("X-Forwarded-For", request.client)
         self._in_flight += 1
         try:
+            targets = self.settings.upstreams if self.router is None else self.router.targets(request.target)
             return await self.upstream.fetch(
-                self.settings.upstreams,
+                targets,
                 method or request.method,
                 request.target,
                 forwarded,

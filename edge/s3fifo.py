@@ -266,8 +266,13 @@ class S3FifoCache(Generic[K, V]):
             self._replace(key, entry, value, size)
         return True
 
-    def admit_if_room(self, key: K, value: V, size: int) -> bool:
+    def admit_if_room(self, key: K, value: V, size: int, *, expected_reads: int = 1) -> bool:
         """Insert key only if that evicts no entry read since it was cached (for warming).
+
+        A warmed entry is cached because it is predicted to be read, so it starts
+        with frequency ``expected_reads`` (capped at MAX_FREQUENCY): it survives
+        its first pass through the small queue, and later entries of the same
+        warm list cannot take its room. ``expected_reads=0`` admits it as cold.
 
         Room may come from free bytes and from entries with frequency 0 at the
         old ends of the small and main queues, exactly the ones the policy
@@ -282,6 +287,8 @@ class S3FifoCache(Generic[K, V]):
         """
         if size < 0:
             raise ValueError(f"size must not be negative, got {size}")
+        if expected_reads < 0:
+            raise ValueError(f"expected_reads must not be negative, got {expected_reads}")
         reason = self.rejection_for_size(size)
         if reason is None and key in self._entries:
             reason = Rejection.ALREADY_CACHED
@@ -302,6 +309,7 @@ class S3FifoCache(Generic[K, V]):
                 self._remember(victim_key, victim.size)
             self._evicted(victim_key, victim)
         self._insert(key, value, size)
+        self._entries[key].freq = min(expected_reads, MAX_FREQUENCY)
         return True
 
     def delete(self, key: K) -> bool:

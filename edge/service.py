@@ -1,4 +1,12 @@
-"""Run one edge POP: upstream pool, cache, change-feed follower, HTTP server, graceful shutdown."""
+"""Run one edge POP: upstream pool, cache, change-feed follower, shard map, HTTP server, graceful shutdown.
+
+The change feed is followed over HTTP (edge.feedfollow, the first upstream's
+`/v1/changes`) or through Redis Streams (edge.streamfollow, `feed = "redis"`).
+Each worker process has its own cache, so each needs every change: with more
+than one worker, each reads with a consumer group of its own
+(`pop:{pop}.w{n}`) rather than sharing `pop:{pop}`, where the entries would be
+split between them.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +23,8 @@ from edge.pop import Pop
 from edge.routes import EdgeApp
 from edge.server import ServerState, slow_fields
 from edge.settings import EdgeSettings
+from edge.shardmap import Router, ShardMapPoller
+from edge.streamfollow import StreamFollower, StreamOptions
 from edge.upstream import Outcome, UpstreamConfig, UpstreamPool
 from ops.runtime import until_signalled
 
@@ -24,8 +34,10 @@ TICK_SECONDS = 1.0  # load figure refresh
 GC_FREEZE_EVERY_TICKS = 10
 
 
-def build(settings: EdgeSettings) -> tuple[EdgeApp, ServerState, UpstreamPool, FeedFollower | None]:
-    """Wire a POP together (nothing started yet)."""
+def build(
+    settings: EdgeSettings, *, worker: int = 0
+) -> tuple[EdgeApp, ServerState, UpstreamPool, FeedFollower | StreamFollower | None]:
+    """Wire a POP together (nothing started yet); `worker` numbers the processes sharing the port."""
     holder: list[EdgeApp] = []
 
     def on_latency(target: str, seconds: float, outcome: Outcome) -> None:
@@ -41,16 +53,31 @@ def build(settings: EdgeSettings) -> tuple[EdgeApp, ServerState, UpstreamPool, F
         ),
         on_latency=on_latency,
     )
-    pop = Pop(settings, upstream, l2=RedisL2(settings.redis, site=settings.site) if settings.redis else None)
-    follower = None
-    if settings.follow_feed:
+    shardmap = None
+    router = None
+    if settings.shardmap_url:
+        shardmap = ShardMapPoller(settings.shardmap_url, interval=settings.shardmap_interval)
+        router = Router(settings.region, settings.upstreams, lambda: shardmap.current)
+    l2 = RedisL2(settings.redis, site=settings.site) if settings.redis else None
+    pop = Pop(settings, upstream, l2=l2, router=router)
+    follower: FeedFollower | StreamFollower | None = None
+    if settings.follow_feed and settings.feed == "redis":
+        follower = StreamFollower(
+            settings.feed_redis,
+            settings.feed_source,
+            settings.pop if settings.workers == 1 else f"{settings.pop}.w{worker}",
+            pop.on_item_changed,
+            pop.on_feed_reset,
+            options=StreamOptions(max_outage=settings.feed_max_outage),
+        )
+    elif settings.follow_feed:
         follower = FeedFollower(
             settings.upstreams[0],
             pop.on_item_changed,
             pop.on_feed_reset,
-            options=FollowOptions(long_poll_wait=settings.feed_wait),
+            options=FollowOptions(long_poll_wait=settings.feed_wait, max_outage=settings.feed_max_outage),
         )
-    app = EdgeApp(pop, hints=None, follower=follower)
+    app = EdgeApp(pop, hints=None, follower=follower, shardmap=shardmap)
     holder.append(app)
     state = ServerState(
         pop,
@@ -67,9 +94,9 @@ def build(settings: EdgeSettings) -> tuple[EdgeApp, ServerState, UpstreamPool, F
     return app, state, upstream, follower
 
 
-async def serve(settings: EdgeSettings) -> None:
+async def serve(settings: EdgeSettings, *, worker: int = 0) -> None:
     """Serve until SIGINT/SIGTERM, then finish in-flight requests for up to `shutdown_timeout`."""
-    app, state, upstream, follower = build(settings)
+    app, state, upstream, follower = build(settings, worker=worker)
     await upstream.start()
     if app.pop.l2 is not None:
         await app.pop.l2.start()
@@ -86,6 +113,7 @@ async def serve(settings: EdgeSettings) -> None:
         print(f"  try: curl -i http://{settings.host}:{settings.port}/v1/events?limit=3", flush=True)
         async with asyncio.TaskGroup() as tasks:
             follower_task = tasks.create_task(follower.run()) if follower is not None else None
+            shardmap_task = tasks.create_task(app.shardmap.run()) if app.shardmap is not None else None
             ticker = tasks.create_task(_tick(app))
             await until_signalled()
             log.info("shutting down: finishing in-flight requests for up to %.0f s", settings.shutdown_timeout)
@@ -95,6 +123,8 @@ async def serve(settings: EdgeSettings) -> None:
             ticker.cancel()
             if follower_task is not None:
                 follower_task.cancel()
+            if shardmap_task is not None:
+                shardmap_task.cancel()
         await app.pop.drain()
     finally:
         await upstream.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ops.settings import SECOND, Bytes, MiB, Seconds, SettingsError, setting
@@ -10,6 +11,8 @@ from ops.settings import SECOND, Bytes, MiB, Seconds, SettingsError, setting
 # and 32 KiB in all (large_client_header_buffers 4 8k). Ours is one total.
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_MAX_URL = 4096
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # feed sources are "origin" or shard ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,13 @@ class EdgeSettings:
     max_coalesced_waiters: int = setting(10_000, "requests that may wait on one miss")
     follow_feed: bool = setting(True, "follow the first upstream's change feed and evict changed items")
     feed_wait: Seconds = setting(Seconds(20 * SECOND), "long-poll wait on the change feed")
+    feed: str = setting("http", "change feed transport: http (long-poll the first upstream) or redis (Streams)")
+    feed_redis: str = setting("", "redis:// URL of the Redis Streams change feed (feed = redis)")
+    feed_source: str = setting("origin", "the Redis feed to follow: origin or a shard id (boxoffice:changes:{source})")
+    feed_max_outage: Seconds = setting(Seconds(30 * SECOND), "purge once when the feed is unreachable this long")
+    region: str = setting("", "this POP's region, for routing by the shard map (e.g. eu-west)")
+    shardmap_url: str = setting("", "URL of the shard map (GET …/v1/shardmap); empty: route to upstreams only")
+    shardmap_interval: Seconds = setting(Seconds(5 * SECOND), "how often the shard map is fetched")
     purge_token: str = setting("", "bearer token for POST /_edge/warm and /_edge/purge (empty: refused)")
     warm_concurrency: int = setting(8, "upstream fetches in flight while warming")
     predictor: str = setting("", "predictor base URL for per-user hints (empty: no hints)")
@@ -58,13 +68,23 @@ class EdgeSettings:
             raise SettingsError("edge.max_entry_bytes: at most a tenth of cache_bytes (the small S3-FIFO queue)")
         if not 1 <= self.workers <= 64:
             raise SettingsError("edge.workers: must be 1 to 64")
-        if self.redis and not self.redis.startswith(("redis://", "rediss://", "unix://")):
+        if self.redis and not self.redis.startswith(_REDIS_SCHEMES):
             raise SettingsError("edge.redis: a redis://host:port/db URL")
+        if self.feed not in ("http", "redis"):
+            raise SettingsError(f"edge.feed: {self.feed!r} is not http or redis")
+        if self.feed == "redis" and not self.feed_redis.startswith(_REDIS_SCHEMES):
+            raise SettingsError("edge.feed_redis: a redis://host:port/db URL (needed when feed = redis)")
+        if not _NAME.match(self.feed_source):
+            raise SettingsError(f"edge.feed_source: {self.feed_source[:80]!r} is not origin or a shard id")
+        if self.shardmap_url and not self.shardmap_url.startswith(("http://", "https://")):
+            raise SettingsError("edge.shardmap_url: an http:// URL such as http://127.0.0.1:8100/v1/shardmap")
+        if self.shardmap_url and not self.region:
+            raise SettingsError("edge.region: needed to route by the shard map (edge.shardmap_url is set)")
         for name in ("max_upstream_requests", "max_connections", "warm_concurrency", "max_coalesced_waiters"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"edge.{name}: must be at least 1")
         for name in ("keepalive_timeout", "request_timeout", "upstream_connect_timeout", "upstream_read_timeout",
-                     "coalesce_timeout", "feed_wait"):  # fmt: skip
+                     "coalesce_timeout", "feed_wait", "feed_max_outage", "shardmap_interval"):  # fmt: skip
             if not getattr(self, name) > 0:
                 raise SettingsError(f"edge.{name}: must be positive")
         if self.shutdown_timeout < 0:

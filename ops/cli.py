@@ -18,11 +18,20 @@ SERVICES = {
     "edge": "a caching reverse-proxy POP",
     "geodns": "the authoritative GeoDNS server",
     "predictor": "the demand and prefetch predictor sidecar",
+    "pop": "deploy and retire edge POPs (start, warm, register with GeoDNS)",
+    "up": "run the whole stack on this machine (origin, shards, POPs, GeoDNS, predictor)",
+    "status": "show the local stack's services, health, hit ratios and sync lag",
 }
+# Commands whose module is not `<name>.cli`.
+MODULES = {"pop": "ops.pop", "up": "ops.up", "status": "ops.status"}
+
+
+def _module(service: str) -> str:
+    return MODULES.get(service, f"{service}.cli")
 
 
 def available(service: str) -> bool:
-    return importlib.util.find_spec(f"{service}.cli") is not None
+    return importlib.util.find_spec(_module(service)) is not None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not available(service):
         print(f"boxoffice {service}: not in this version of boxoffice yet", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"{service}.cli")
+    module = importlib.import_module(_module(service))
     code: int = module.main(rest, prog=f"boxoffice {service}")
     return code
 

@@ -236,6 +236,8 @@ def to_toml(settings: Any, section: str) -> str:
     lines = [f"[{section}]"]
     for field in dataclasses.fields(settings):
         value = getattr(settings, field.name)
-        shown = value if isinstance(value, bool | int | float | str) else str(value)
+        shown: Any = value if isinstance(value, bool | int | float | str) else str(value)
+        if isinstance(value, tuple):
+            shown = [str(item) for item in value]  # a TOML array of strings reads back
         lines.append(f"{field.name} = {json.dumps(shown)}")
     return "\n".join(lines)

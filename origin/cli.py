@@ -1,4 +1,4 @@
-"""`boxoffice origin …` (also `python -m origin …`): serve the primary, seed the demo catalog."""
+"""`boxoffice origin …` (also `python -m origin …`): serve the primary or a shard, seed the demo catalog."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from origin.settings import OriginSettings
 
 DESCRIPTION = """\
 The primary inventory service: the source of truth for venues, events, items,
-holds and orders, with a change feed for shards. Settings come from flags, then
+holds and orders, with a change feed for shards. With --role shard (and
+--upstream URL plus --region R, --events E1,E2 or --shardmap-url URL) it runs a
+regional shard that mirrors those events from the upstream's feed, serves the
+same read API and forwards holds and orders. Settings come from flags, then
 BOXOFFICE_ORIGIN_* environment variables, then the [origin] table of the
 --config file (or $BOXOFFICE_CONFIG), then defaults.
 """
@@ -33,10 +36,26 @@ def build_parser(prog: str = "boxoffice origin") -> argparse.ArgumentParser:
     seed_parser.add_argument("--if-empty", action="store_true", help="do nothing when the database has events")
     config_parser = commands.add_parser("config", help="print the effective settings as TOML and exit")
     add_arguments(config_parser, OriginSettings)
+    # Own parsers and settings: dispatched before this parser runs (see main).
+    commands.add_parser("manager", add_help=False, help="run the shard manager (see: manager --help)")
+    commands.add_parser(
+        "publish",
+        add_help=False,
+        help="publish a source's change feed into a Redis Stream for POPs (see: publish --help)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "boxoffice origin") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["manager"]:
+        from origin.manager_cli import main as manager_main  # lazy: only this command needs it
+
+        return manager_main(argv[1:], prog=f"{prog} manager")
+    if argv[:1] == ["publish"]:
+        from origin.streams import main as publish_main  # lazy: only this command needs redis
+
+        return publish_main(argv[1:], prog=f"{prog} publish")
     args = build_parser(prog).parse_args(argv)
     try:
         settings = load(OriginSettings, "origin", args=args)
@@ -68,7 +87,7 @@ async def _seed(settings: OriginSettings, *, only_if_empty: bool) -> None:
     finally:
         await store.close()
     if summary is None:
-        print(f"{settings.database} already holds events; nothing seeded")
+        print(f"{settings.database_url()} already holds events; nothing seeded")
     else:
         print(json.dumps(summary, indent=2))
 

@@ -1,8 +1,12 @@
 """The origin's HTTP adapter: aiohttp routes over the store and the ledger.
 
 Handlers parse and bound their input, call the store or ledger, and render
-JSON. Every error leaves as ``{"error": {"status", "code", "message"}}`` with
-the right status, including aiohttp's own (404 for unknown routes, 405, 413).
+JSON. With the shard role (origin.shard) the same routes serve the shard's
+copy: reads answer 503 + Retry-After until it is bootstrapped and within its
+lag bound, and holds and orders are forwarded to the upstream.
+
+Every error leaves as ``{"error": {"status", "code", "message"}}`` with the
+right status, including aiohttp's own (404 for unknown routes, 405, 413).
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from ops.metrics import Registry
 from origin.changefeed import Position, check_since
 from origin.errors import BadRequest, NotFound, OriginError, PositionGone
 from origin.ledger import Ledger, check_idempotency_key, parse_hold_request, parse_order_request
+from origin.metadata import ShardMapService, add_shardmap_routes
+from origin.model import Event
 from origin.settings import OriginSettings
+from origin.shard import Shard, ShardNotReady, forward_write
 from origin.store.base import MAX_CHANGE_BATCH, MAX_PAGE_ROWS, Store
 from origin.validators import http_date, is_not_modified, item_etag
 
@@ -68,6 +75,8 @@ class Origin:
     physical_time: Callable[[], float]
     metrics: OriginMetrics = field(default_factory=OriginMetrics)
     started_at: float = field(default_factory=time.monotonic)
+    shard: Shard | None = None  # set with the shard role
+    shard_map: ShardMapService | None = None  # set with the primary role: GET/PUT /v1/shardmap
 
 
 ORIGIN: Final = web.AppKey("origin", Origin)
@@ -90,8 +99,12 @@ def create_app(origin: Origin, *, background: bool = True) -> web.Application:
     app.router.add_get("/v1/snapshot", get_snapshot)
     app.router.add_get("/v1/health", get_health)
     app.router.add_get("/metrics", get_metrics)
+    if origin.shard_map is not None:
+        add_shardmap_routes(app, origin.shard_map)
     if background:
         app.cleanup_ctx.append(_background_tasks)
+        if origin.shard is not None:
+            app.cleanup_ctx.append(_shard_follower)
     return app
 
 
@@ -100,6 +113,7 @@ def create_app(origin: Origin, *, background: bool = True) -> web.Application:
 
 async def get_item(request: web.Request) -> web.StreamResponse:
     origin = request.app[ORIGIN]
+    _check_ready(origin)
     item_id = _path_id(request, "item_id")
     item = await origin.store.item(item_id)
     if item is None:
@@ -115,6 +129,7 @@ async def get_item(request: web.Request) -> web.StreamResponse:
 
 async def get_event(request: web.Request) -> web.StreamResponse:
     origin = request.app[ORIGIN]
+    _check_ready(origin)
     event_id = _path_id(request, "event_id")
     event = await origin.store.event(event_id)
     if event is None:
@@ -132,6 +147,7 @@ async def get_event(request: web.Request) -> web.StreamResponse:
 
 async def list_events(request: web.Request) -> web.StreamResponse:
     origin = request.app[ORIGIN]
+    _check_ready(origin)
     region = _query_text(request, "region")
     after = _query_text(request, "after")
     limit = _query_int(request, "limit", DEFAULT_PAGE_ROWS, 1, MAX_PAGE_ROWS)
@@ -145,6 +161,9 @@ async def list_events(request: web.Request) -> web.StreamResponse:
 
 
 async def get_hold(request: web.Request) -> web.StreamResponse:
+    shard = request.app[ORIGIN].shard
+    if shard is not None:
+        return await forward_write(shard, request, b"")
     hold = await request.app[ORIGIN].store.hold(_path_id(request, "hold_id"))
     if hold is None:
         raise NotFound(f"no hold {request.match_info['hold_id']}")
@@ -152,6 +171,9 @@ async def get_hold(request: web.Request) -> web.StreamResponse:
 
 
 async def get_order(request: web.Request) -> web.StreamResponse:
+    shard = request.app[ORIGIN].shard
+    if shard is not None:
+        return await forward_write(shard, request, b"")
     order = await request.app[ORIGIN].store.order(_path_id(request, "order_id"))
     if order is None:
         raise NotFound(f"no order {request.match_info['order_id']}")
@@ -163,6 +185,8 @@ async def get_order(request: web.Request) -> web.StreamResponse:
 
 async def post_hold(request: web.Request) -> web.StreamResponse:
     origin = request.app[ORIGIN]
+    if origin.shard is not None:
+        return await forward_write(origin.shard, request, await request.read())
     hold_request = parse_hold_request(await _json_body(request), origin.ledger.limits)
     key = check_idempotency_key(request.headers.get("Idempotency-Key"))
     try:
@@ -179,6 +203,8 @@ async def post_hold(request: web.Request) -> web.StreamResponse:
 
 async def post_order(request: web.Request) -> web.StreamResponse:
     origin = request.app[ORIGIN]
+    if origin.shard is not None:
+        return await forward_write(origin.shard, request, await request.read())
     hold_id = parse_order_request(await _json_body(request))
     key = check_idempotency_key(request.headers.get("Idempotency-Key"))
     try:
@@ -241,11 +267,19 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
     after = _query_text(request, "after")
     limit = _query_int(request, "limit", MAX_PAGE_ROWS, 1, MAX_PAGE_ROWS)
     page = await origin.store.snapshot(region=region, event_ids=event_ids, after=after, limit=limit)
-    doc = {
+    doc: dict[str, Any] = {
         "position": page.position.encode(),
         "items": [item.to_document() for item in page.items],
         "next_after": page.next_after,
     }
+    if after is None:
+        # The first page also carries the event and venue documents of the
+        # filter, so a follower can serve GET /v1/events without another call.
+        events = await _filter_events(origin.store, region, event_ids)
+        venue_ids = sorted({event.venue_id for event in events})
+        venues = [venue for venue in [await origin.store.venue(venue_id) for venue_id in venue_ids] if venue]
+        doc["events"] = [event.to_document() for event in events]
+        doc["venues"] = [venue.to_document() for venue in venues]
     response = _json(doc, headers={"Cache-Control": NO_STORE})
     response.enable_compression()
     return response
@@ -257,7 +291,7 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
 async def get_health(request: web.Request) -> web.StreamResponse:
     origin = request.app[ORIGIN]
     bounds = await origin.store.feed_bounds()
-    doc = {
+    doc: dict[str, Any] = {
         "status": "ok",
         "role": "primary",
         "node_id": origin.settings.node_id,
@@ -265,6 +299,11 @@ async def get_health(request: web.Request) -> web.StreamResponse:
         "head": bounds.head_position.encode(),
         "uptime_seconds": round(time.monotonic() - origin.started_at, 3),
     }
+    if origin.shard is not None:
+        # 503 while reads are refused, so readiness probes and POPs route around it.
+        doc.update(origin.shard.health())
+        doc["status"] = "ok" if doc["serving"] else "degraded"
+        return _json(doc, status=200 if doc["serving"] else 503, headers={"Cache-Control": NO_STORE})
     return _json(doc, headers={"Cache-Control": NO_STORE})
 
 
@@ -289,6 +328,8 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         if exc.status >= 500:
             log.error("%s %s failed: %s", request.method, request.path, exc.message)
         response = _error(exc.status, exc.code, exc.message)
+        if isinstance(exc, ShardNotReady):
+            response.headers["Retry-After"] = str(exc.retry_after)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -402,6 +443,40 @@ def _snapshot_filter(raw: str | None) -> tuple[str | None, list[str] | None]:
     if kind == "event" and 0 < len(values) <= MAX_PAGE_ROWS:
         return None, values
     raise BadRequest("filter must be region:REGION or event:ID[,ID...]")
+
+
+def _check_ready(origin: Origin) -> None:
+    """On a shard, refuse reads (503) until bootstrapped and within max_lag, so POPs fail over."""
+    if origin.shard is not None:
+        error = origin.shard.ready_error()
+        if error is not None:
+            raise error
+
+
+async def _filter_events(store: Store, region: str | None, event_ids: list[str] | None) -> list[Event]:
+    if event_ids is not None:
+        found = [await store.event(event_id) for event_id in sorted(set(event_ids))]
+        return [event for event in found if event is not None]
+    events: list[Event] = []
+    after: str | None = None
+    while True:
+        page = await store.events(region, after, MAX_PAGE_ROWS)
+        events.extend(page)
+        if len(page) < MAX_PAGE_ROWS:
+            return events
+        after = page[-1].id
+
+
+async def _shard_follower(app: web.Application) -> AsyncIterator[None]:
+    """Run the shard's follower for the life of the app (cleanup_ctx owns the task)."""
+    shard = app[ORIGIN].shard
+    assert shard is not None
+    task = asyncio.create_task(shard.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _head_watch_wait(store: Store, seconds: float) -> None:

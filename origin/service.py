@@ -1,11 +1,18 @@
-"""Run the origin: open the store, optionally seed it, serve HTTP, shut down cleanly."""
+"""Run the origin: open the store, optionally seed it, serve HTTP, shut down cleanly.
+
+With ``role = "shard"`` the same process serves a regional shard: its own store
+(own epoch, own change feed) filled and kept current by origin.shard from the
+``upstream`` URL.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -13,9 +20,11 @@ from aiohttp import web
 from ops.runtime import until_signalled
 from origin.catalog import build_catalog, summarize
 from origin.hlc import HybridClock
-from origin.http import Origin, create_app
+from origin.http import Origin, OriginMetrics, create_app
 from origin.ledger import Ledger
+from origin.metadata import ShardMapService
 from origin.settings import OriginSettings
+from origin.shard import Shard, ShardMetrics, upstream_session
 from origin.store.base import Store
 from origin.store.factory import store_from_url
 
@@ -23,7 +32,9 @@ log = logging.getLogger("boxoffice.origin")
 
 
 def open_store(settings: OriginSettings) -> Store:
-    return store_from_url(settings.database, pool_size=settings.db_pool_size, statement_timeout=settings.db_timeout)
+    return store_from_url(
+        settings.database_url(), pool_size=settings.db_pool_size, statement_timeout=settings.db_timeout
+    )
 
 
 async def seed_demo_catalog(store: Store, settings: OriginSettings, *, only_if_empty: bool) -> dict[str, Any] | None:
@@ -53,32 +64,69 @@ async def serve(settings: OriginSettings) -> None:
             summary = await seed_demo_catalog(store, settings, only_if_empty=True)
             if summary is not None:
                 log.info("seeded the demo catalog: %s", _short(summary))
-        ledger = Ledger(store, HybridClock(settings.node_id, time.time), time.time, settings.ledger_limits())
-        origin = Origin(settings, store, ledger, time.time)
-        runner = web.AppRunner(
-            create_app(origin),
-            access_log=log if settings.access_log else None,
-            shutdown_timeout=settings.shutdown_timeout,
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
-            await site.start()
-            base = f"http://{_url_host(settings.host)}:{settings.port}"
+        async with contextlib.AsyncExitStack() as stack:
+            origin = await build_origin(settings, store, stack)
+            await _serve_app(settings, store, origin)
+    finally:
+        await store.close()
+
+
+async def build_origin(settings: OriginSettings, store: Store, stack: contextlib.AsyncExitStack) -> Origin:
+    """The Origin of either role; a shard's upstream HTTP session is closed with `stack`."""
+    ledger = Ledger(store, HybridClock(settings.node_id, time.time), time.time, settings.ledger_limits())
+    metrics = OriginMetrics()
+    shard = None
+    shard_map = None
+    if settings.role == "shard":
+        session = await stack.enter_async_context(upstream_session())
+        shard = Shard(settings, store, session, ShardMetrics(metrics.registry))
+    else:
+        shard_map = ShardMapService(_shardmap_path(settings), _public_url(settings), settings.shardmap_token, time.time)
+        shard_map.load()
+    return Origin(settings, store, ledger, time.time, metrics=metrics, shard=shard, shard_map=shard_map)
+
+
+def _shardmap_path(settings: OriginSettings) -> Path:
+    if settings.shardmap_file:
+        return Path(settings.shardmap_file)
+    return Path(settings.data_dir or "var") / "shardmap.json"
+
+
+def _public_url(settings: OriginSettings) -> str:
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    host, port = settings.bind_address()
+    return f"http://{_url_host(host)}:{port}"
+
+
+async def _serve_app(settings: OriginSettings, store: Store, origin: Origin) -> None:
+    runner = web.AppRunner(
+        create_app(origin),
+        access_log=log if settings.access_log else None,
+        shutdown_timeout=settings.shutdown_timeout,
+    )
+    await runner.setup()
+    try:
+        host, port = settings.bind_address()
+        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        await site.start()
+        base = f"http://{_url_host(host)}:{port}"
+        role = "origin" if settings.role == "primary" else f"shard {settings.shard_id or settings.region}".rstrip()
+        print(f"boxoffice {role} listening on {base} (database {settings.database_url()}, epoch {store.epoch})")
+        if settings.role == "shard":
+            print(f"  following {settings.upstream}; health: curl {base}/v1/health")
+        else:
             sample = await store.events(None, None, 1)
-            print(f"boxoffice origin listening on {base} (database {settings.database}, epoch {store.epoch})")
             if sample:
                 items = await store.event_items(sample[0].id)
                 if items:
                     print(f"  try: curl -i {base}/v1/items/{items[0].id}")
                 print(f"       curl {base}/v1/events/{sample[0].id}")
-            print("  stop with Ctrl-C", flush=True)
-            await until_signalled()
-            log.info("shutting down: draining requests for up to %.0f s", settings.shutdown_timeout)
-        finally:
-            await runner.cleanup()
+        print("  stop with Ctrl-C", flush=True)
+        await until_signalled()
+        log.info("shutting down: draining requests for up to %.0f s", settings.shutdown_timeout)
     finally:
-        await store.close()
+        await runner.cleanup()
 
 
 def _url_host(host: str) -> str:

@@ -15,11 +15,18 @@ HOUR = 60 * MINUTE
 DEFAULT_MAX_BODY = 16 * 1024
 
 
+ROLES = ("primary", "shard")
+DEFAULT_DATABASE = "sqlite:var/origin.db"
+
+
 @dataclass(frozen=True, slots=True)
 class OriginSettings:
+    role: str = setting("primary", "primary (the source of truth) or shard (a regional read replica of --upstream)")
     host: str = setting("127.0.0.1", "address to listen on")
     port: int = setting(8100, "HTTP port")
-    database: str = setting("sqlite:var/origin.db", "sqlite:PATH (embedded default) or postgresql://user@host/db")
+    database: str = setting(DEFAULT_DATABASE, "sqlite:PATH (embedded default) or postgresql://user@host/db")
+    listen: str = setting("", "HOST:PORT to listen on; when set it overrides host and port")
+    data_dir: str = setting("", "directory for the embedded database; when set, database is sqlite:DIR/origin.db")
     node_id: str = setting("origin", "this node's id in HLC stamps (letters, digits, underscores)")
     seed_demo: bool = setting(False, "load the demo catalog at start when the database has no events")
     demo_seed: int = setting(2026, "random seed of the demo catalog")
@@ -45,15 +52,35 @@ class OriginSettings:
     db_timeout: Seconds = setting(Seconds(5 * SECOND), "timeout of one database statement")
     shutdown_timeout: Seconds = setting(Seconds(10 * SECOND), "grace period for in-flight requests on shutdown")
     access_log: bool = setting(True, "log one line per request")
+    shard_id: str = setting("", "shard role: this shard's id in the shard map")
+    region: str = setting("", "shard role: the region whose events it mirrors when no events are listed")
+    upstream: str = setting("", "shard role: base URL of the feed it follows (the primary or another shard)")
+    events: tuple[str, ...] = setting((), "shard role: event ids to mirror (default: every event of --region)")
+    shardmap_url: str = setting("", "shard role: shard map URL polled for this shard's events (overrides --events)")
+    shardmap_interval: Seconds = setting(Seconds(10 * SECOND), "shard role: how often the shard map is read")
+    max_lag: Seconds = setting(Seconds(10 * SECOND), "shard role: reads answer 503 when further behind than this")
+    follow_wait: Seconds = setting(Seconds(2 * SECOND), "shard role: long-poll wait on the upstream feed")
+    upstream_timeout: Seconds = setting(Seconds(10 * SECOND), "shard role: timeout of one upstream request")
+    shardmap_token: str = setting(
+        "", "primary: bearer token the shard manager sends with PUT /v1/shardmap (empty: refused)"
+    )
+    shardmap_file: str = setting("", "primary: where the shard map is kept (empty: DATA_DIR/shardmap.json or var/)")
+    public_url: str = setting("", "primary: its URL as shards and POPs reach it (empty: http://HOST:PORT)")
     log_level: str = setting("info", "debug, info, warning or error")
 
     def validate(self) -> None:
         """Raise SettingsError naming the first inconsistent setting."""
         if not 0 < self.port < 65536:
             raise SettingsError(f"origin.port: {self.port} is not a TCP port")
+        if self.listen:
+            _, sep, port = self.listen.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise SettingsError(f"origin.listen: {self.listen!r} is not HOST:PORT")
+        if self.data_dir and self.database != DEFAULT_DATABASE:
+            raise SettingsError("origin.data_dir: give either data_dir or database, not both")
         if not self.node_id.replace("_", "").isalnum():
             raise SettingsError(f"origin.node_id: {self.node_id!r} must be letters, digits and underscores")
-        if not self.database.startswith(("sqlite:", "postgresql://", "postgres://")):
+        if not self.database_url().startswith(("sqlite:", "postgresql://", "postgres://")):
             raise SettingsError("origin.database: must start with sqlite: or postgresql://")
         if not 1 <= self.max_qty_per_hold <= MAX_QTY_PER_HOLD:
             raise SettingsError(f"origin.max_qty_per_hold: must be 1 to {MAX_QTY_PER_HOLD}")
@@ -64,8 +91,46 @@ class OriginSettings:
         for name in ("demo_venues", "demo_events", "db_pool_size", "feed_retention_changes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"origin.{name}: must be at least 1")
+        if self.role not in ROLES:
+            raise SettingsError(f"origin.role: {self.role!r} is not primary or shard")
+        if self.role == "shard":
+            self._validate_shard()
         if self.max_body < 256:
             raise SettingsError("origin.max_body: must be at least 256 bytes")
+
+    def _validate_shard(self) -> None:
+        if not self.upstream.startswith(("http://", "https://")):
+            raise SettingsError("origin.upstream: a shard needs the http:// URL of the feed it follows")
+        if not (self.region or self.events or self.shardmap_url):
+            raise SettingsError("origin.region: a shard needs --region, --events or --shardmap-url")
+        if self.shardmap_url and not self.shard_id:
+            raise SettingsError("origin.shard_id: --shardmap-url needs --shard-id to find this shard in the map")
+        if self.shardmap_url and not self.shardmap_url.startswith(("http://", "https://")):
+            raise SettingsError("origin.shardmap_url: must be an http:// URL")
+        if self.max_lag <= 0 or self.follow_wait <= 0 or self.upstream_timeout <= 0:
+            raise SettingsError("origin.max_lag: max_lag, follow_wait and upstream_timeout must be positive")
+        if self.follow_wait > self.feed_max_wait:
+            raise SettingsError("origin.follow_wait: must not exceed feed_max_wait")
+        if self.database_url() == DEFAULT_DATABASE:
+            raise SettingsError(
+                f"origin.database: a shard keeps its own copy; give it a database other than the primary's "
+                f"default {DEFAULT_DATABASE}, e.g. sqlite:var/shard-{self.shard_id or self.region or 'a'}.db"
+            )
+        if self.seed_demo:
+            raise SettingsError("origin.seed_demo: a shard copies its upstream; it is never seeded")
+
+    def database_url(self) -> str:
+        """The database to open: ``database``, or the SQLite file inside ``data_dir``."""
+        if self.data_dir:
+            return f"sqlite:{self.data_dir.rstrip('/')}/origin.db"
+        return self.database
+
+    def bind_address(self) -> tuple[str, int]:
+        """(host, port) to listen on: ``listen`` when set, else ``host`` and ``port``."""
+        if self.listen:
+            host, _, port = self.listen.rpartition(":")
+            return host.strip("[]") or "0.0.0.0", int(port)
+        return self.host, self.port
 
     def ledger_limits(self) -> LedgerLimits:
         return LedgerLimits(

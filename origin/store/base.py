@@ -12,6 +12,13 @@ cores, writes, and appends change records. The contract each backend keeps:
   serialising section short;
 * ``claim_idempotency_key`` waits for a concurrent transaction holding the same
   key, so a retried request is answered from the first one's result.
+
+A follower (a regional shard, origin.shard) writes through the same
+transactions: ``put_replica_item``/``delete_item`` change its copy of a row
+(origin.replica decided the row only moves to a higher version),
+``append_change`` records what it applied in its *own* feed, and
+``set_checkpoint`` moves its position in the upstream's feed, all committed
+together, so a crash never leaves rows and checkpoint disagreeing.
 """
 
 from __future__ import annotations
@@ -95,6 +102,36 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     async def complete_idempotency_key(self, scope: str, status: int, body: dict[str, Any]) -> None: ...
 
+    # Follower writes (origin.shard) --------------------------------------
+    @abc.abstractmethod
+    async def put_replica_item(self, item: Item, region: str) -> None:
+        """Insert or replace the follower's copy of `item` (the caller checked its version)."""
+
+    @abc.abstractmethod
+    async def delete_item(self, item_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def put_event(self, event: Event) -> None:
+        """Insert or replace an event document."""
+
+    @abc.abstractmethod
+    async def put_venue(self, venue: Venue) -> None:
+        """Insert or replace a venue document."""
+
+    @abc.abstractmethod
+    async def drop_event(self, event_id: str) -> list[Item]:
+        """Delete an event and its items; returns the items deleted (for the follower's delete records)."""
+
+    @abc.abstractmethod
+    async def checkpoint(self, source: str) -> str | None:
+        """The position text stored for `source`, read inside this transaction."""
+
+    @abc.abstractmethod
+    async def set_checkpoint(self, source: str, position: str) -> None: ...
+
+    @abc.abstractmethod
+    async def clear_checkpoint(self, source: str) -> None: ...
+
 
 class Store(abc.ABC):
     """An inventory database. `open` before use, `close` after."""
@@ -131,6 +168,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def event_items(self, event_id: str) -> list[Item]: ...
+
+    @abc.abstractmethod
+    async def checkpoint(self, source: str) -> str | None:
+        """A follower's committed position in `source`'s feed, or None before its first."""
 
     @abc.abstractmethod
     async def hold(self, hold_id: str) -> Hold | None: ...

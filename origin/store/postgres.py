@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS changes (
     hlc TEXT NOT NULL, op TEXT NOT NULL, patch TEXT NOT NULL, created_ms BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status INTEGER, body TEXT, created_ms BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (source TEXT PRIMARY KEY, position TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS feed_head (
     only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row), seq BIGINT NOT NULL);
 INSERT INTO feed_head (seq) SELECT coalesce(max(seq), 0) FROM changes ON CONFLICT DO NOTHING;
@@ -252,6 +253,10 @@ class PostgresStore(Store):
     async def event_items(self, event_id: str) -> list[Item]:
         rows = await self._fetch("SELECT doc FROM items WHERE event_id = $1 ORDER BY id", event_id)
         return [Item.from_document(load(row[0])) for row in rows]
+
+    async def checkpoint(self, source: str) -> str | None:
+        rows = await self._fetch("SELECT position FROM checkpoints WHERE source = $1", source)
+        return str(rows[0][0]) if rows else None
 
     async def hold(self, hold_id: str) -> Hold | None:
         doc = await self._doc("SELECT doc FROM holds WHERE id = $1", hold_id)
@@ -484,3 +489,54 @@ class _PostgresTransaction(Transaction):
 
     async def complete_idempotency_key(self, scope: str, status: int, body: dict[str, Any]) -> None:
         await self._fetch("UPDATE idempotency SET status = $1, body = $2 WHERE scope = $3", status, dump(body), scope)
+
+    async def put_replica_item(self, item: Item, region: str) -> None:
+        await self._fetch(
+            "INSERT INTO items (id, event_id, region, doc) VALUES ($1, $2, $3, $4) ON CONFLICT (id)"
+            " DO UPDATE SET event_id = excluded.event_id, region = excluded.region, doc = excluded.doc",
+            item.id,
+            item.event_id,
+            region,
+            dump(item.to_document()),
+        )
+
+    async def delete_item(self, item_id: str) -> None:
+        await self._fetch("DELETE FROM items WHERE id = $1", item_id)
+
+    async def put_event(self, event: Event) -> None:
+        await self._fetch(
+            "INSERT INTO events (id, region, doc) VALUES ($1, $2, $3)"
+            " ON CONFLICT (id) DO UPDATE SET region = excluded.region, doc = excluded.doc",
+            event.id,
+            event.region,
+            dump(event.to_document()),
+        )
+
+    async def put_venue(self, venue: Venue) -> None:
+        await self._fetch(
+            "INSERT INTO venues (id, region, doc) VALUES ($1, $2, $3)"
+            " ON CONFLICT (id) DO UPDATE SET region = excluded.region, doc = excluded.doc",
+            venue.id,
+            venue.region,
+            dump(venue.to_document()),
+        )
+
+    async def drop_event(self, event_id: str) -> list[Item]:
+        rows = await self._fetch("DELETE FROM items WHERE event_id = $1 RETURNING doc", event_id)
+        await self._fetch("DELETE FROM events WHERE id = $1", event_id)
+        return sorted((Item.from_document(load(row[0])) for row in rows), key=lambda item: item.id)
+
+    async def checkpoint(self, source: str) -> str | None:
+        rows = await self._fetch("SELECT position FROM checkpoints WHERE source = $1 FOR UPDATE", source)
+        return str(rows[0][0]) if rows else None
+
+    async def set_checkpoint(self, source: str, position: str) -> None:
+        await self._fetch(
+            "INSERT INTO checkpoints (source, position) VALUES ($1, $2)"
+            " ON CONFLICT (source) DO UPDATE SET position = excluded.position",
+            source,
+            position,
+        )
+
+    async def clear_checkpoint(self, source: str) -> None:
+        await self._fetch("DELETE FROM checkpoints WHERE source = $1", source)

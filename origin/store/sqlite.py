@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS changes (
 CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status INTEGER,
     body TEXT, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (source TEXT PRIMARY KEY, position TEXT NOT NULL);
 """
 
 
@@ -219,6 +220,13 @@ class SQLiteStore(Store):
     async def event_items(self, event_id: str) -> list[Item]:
         docs = await self._read(_all_docs("SELECT doc FROM items WHERE event_id = ? ORDER BY id", (event_id,)))
         return [Item.from_document(doc) for doc in docs]
+
+    async def checkpoint(self, source: str) -> str | None:
+        def query(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT position FROM checkpoints WHERE source = ?", (source,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._read(query)
 
     async def hold(self, hold_id: str) -> Hold | None:
         doc = await self._read(_one_doc("SELECT doc FROM holds WHERE id = ?", (hold_id,)))
@@ -398,6 +406,42 @@ class _SQLiteTransaction(Transaction):
 
     async def complete_idempotency_key(self, scope: str, status: int, body: dict[str, Any]) -> None:
         await self._run("UPDATE idempotency SET status = ?, body = ? WHERE scope = ?", (status, dump(body), scope))
+
+    async def put_replica_item(self, item: Item, region: str) -> None:
+        await self._run(
+            "INSERT OR REPLACE INTO items (id, event_id, region, doc) VALUES (?, ?, ?, ?)",
+            (item.id, item.event_id, region, dump(item.to_document())),
+        )
+
+    async def delete_item(self, item_id: str) -> None:
+        await self._run("DELETE FROM items WHERE id = ?", (item_id,))
+
+    async def put_event(self, event: Event) -> None:
+        await self._run(
+            "INSERT OR REPLACE INTO events (id, region, doc) VALUES (?, ?, ?)",
+            (event.id, event.region, dump(event.to_document())),
+        )
+
+    async def put_venue(self, venue: Venue) -> None:
+        await self._run(
+            "INSERT OR REPLACE INTO venues (id, region, doc) VALUES (?, ?, ?)",
+            (venue.id, venue.region, dump(venue.to_document())),
+        )
+
+    async def drop_event(self, event_id: str) -> list[Item]:
+        rows = await self._run("DELETE FROM items WHERE event_id = ? RETURNING doc", (event_id,))
+        await self._run("DELETE FROM events WHERE id = ?", (event_id,))
+        return sorted((Item.from_document(load(row[0])) for row in rows), key=lambda item: item.id)
+
+    async def checkpoint(self, source: str) -> str | None:
+        rows = await self._run("SELECT position FROM checkpoints WHERE source = ?", (source,))
+        return str(rows[0][0]) if rows else None
+
+    async def set_checkpoint(self, source: str, position: str) -> None:
+        await self._run("INSERT OR REPLACE INTO checkpoints (source, position) VALUES (?, ?)", (source, position))
+
+    async def clear_checkpoint(self, source: str) -> None:
+        await self._run("DELETE FROM checkpoints WHERE source = ?", (source,))
 
 
 def _insert_catalog(

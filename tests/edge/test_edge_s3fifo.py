@@ -399,13 +399,31 @@ def test_admit_if_room_evicts_only_unread_entries() -> None:
     assert cache.last_rejection is Rejection.WOULD_EVICT_HOTTER
 
 
-def test_admit_if_room_entries_stay_cold_when_only_peeked() -> None:
+def test_admit_if_room_cold_entries_stay_cold_when_only_peeked() -> None:
+    cache: S3FifoCache[str, str] = S3FifoCache(1_000)
+    for i in range(20):
+        assert cache.admit_if_room(f"warm-{i}", "x", 50, expected_reads=0)
+        assert cache.peek(f"warm-{i}") == "x"
+    assert cache.admit_if_room("warm-next", "x", 50, expected_reads=0)  # peeked entries are still fair game
+    assert "warm-0" not in cache
+
+
+def test_admit_if_room_warmed_entries_are_not_displaced_by_the_rest_of_their_warm_list() -> None:
     cache: S3FifoCache[str, str] = S3FifoCache(1_000)
     for i in range(20):
         assert cache.admit_if_room(f"warm-{i}", "x", 50)
-        assert cache.peek(f"warm-{i}") == "x"
-    assert cache.admit_if_room("warm-next", "x", 50)  # peeked entries are still fair game
-    assert "warm-0" not in cache
+    assert not cache.admit_if_room("warm-next", "x", 50)
+    assert cache.last_rejection is Rejection.WOULD_EVICT_HOTTER
+    assert all(f"warm-{i}" in cache for i in range(20))
+    for i in range(20):  # ordinary misses push them through small into main, not out
+        cache.put(f"miss-{i}", "y", 50)
+    assert sum(f"warm-{i}" in cache for i in range(20)) >= 10
+
+
+def test_admit_if_room_refuses_negative_expected_reads() -> None:
+    cache: S3FifoCache[str, str] = S3FifoCache(1_000)
+    with pytest.raises(ValueError, match="expected_reads"):
+        cache.admit_if_room("a", "x", 10, expected_reads=-1)
 
 
 def test_admit_if_room_never_overwrites_a_live_entry() -> None:

@@ -32,6 +32,7 @@ from edge.routes import EdgeApp
 from edge.server import ServerState
 from edge.service import build
 from edge.settings import EdgeSettings
+from edge.streamfollow import StreamFollower
 from edge.upstream import UpstreamPool
 
 MakeServer = Callable[..., Awaitable[TestServer]]
@@ -135,7 +136,7 @@ class RunningPop:
     app: EdgeApp
     state: ServerState
     pool: UpstreamPool
-    follower: FeedFollower | None
+    follower: FeedFollower | StreamFollower | None
     server: asyncio.Server
     port: int
     clock: Clock
@@ -179,6 +180,8 @@ async def make_pop(aiohttp_server: MakeServer) -> AsyncIterator[MakePop]:
         if follower is not None:
             task = asyncio.create_task(follower.run())
             stack.push_async_callback(_cancel, task)
+        if app.shardmap is not None:
+            stack.push_async_callback(_cancel, asyncio.create_task(app.shardmap.run()))
 
         async def stop() -> None:
             server.close()

@@ -1,0 +1,700 @@
+"""Push invalidation from a Redis Streams change feed: the POP's consumer of `boxoffice:changes:{source}`.
+
+An alternative to :class:`edge.feedfollow.FeedFollower` (HTTP long-poll) with
+the same callbacks into the POP (``on_change(item_id, version, patch)`` and
+``on_reset(reason)``) and the same promise: whenever the follower cannot vouch
+that it saw every change since the POP's cached entries were fetched, it calls
+``on_reset`` and the POP purges every item and event page.
+
+The contract with the publisher (one stream per feed source, ``origin`` or a
+shard id): entries carry the string fields ``pos`` (``EPOCH:SEQ``),
+``item_id``, ``version``, ``hlc``, ``op`` and ``patch`` (JSON merge patch). An
+entry with ``op = reset`` is a *reset marker*: the publisher re-snapshotted
+(its upstream answered 410 or changed epoch), so no consumer can vouch for its
+cache. Each POP reads with its own consumer group ``pop:{pop_id}``, created at
+``$`` the first time (a new POP needs no history), as consumer
+``{pop_id}:{pid}``, with XREADGROUP BLOCK, and XACKs after applying.
+
+When the POP purges (the rules, in the order they are checked):
+
+- at start, after joining the group (entries cached before may predate
+  changes we will never be shown) — ``start_reset=False`` turns this off;
+- on a reset marker;
+- when an entry's position is not the successor of the last one applied: a
+  gap (trimmed before we read it, or a publisher that lost entries) or a
+  different epoch without a marker; duplicates (at or below the last
+  position) are acknowledged and skipped, as in the HTTP follower;
+- on an entry that does not parse (we cannot tell what it changed) or that
+  was trimmed while pending (XREADGROUP answers its id with no fields);
+- when the group or the stream vanished (NOGROUP), when XINFO GROUPS reports
+  the group's lag as unknown (nil), or when the lag exceeds the stream's
+  length (entries were trimmed past the group before it read them). The
+  group is then moved to ``$`` *first* and ``on_reset`` runs after, so
+  anything fetched after the purge is at least as new as where reading
+  resumes — the same order as the HTTP follower's snapshot-then-reset;
+- once per outage, when Redis has been unreachable for ``max_outage`` (see
+  edge.feedfollow for why we purge during an outage rather than after).
+
+Delivery is at-least-once: entries are acknowledged only after the callbacks
+ran; after any failure the follower first re-reads its own pending entries
+(id ``0``), then new ones (``>``). Redis errors back off exponentially with
+jitter (:class:`edge.feedfollow.Backoff`). Every wait is bounded: the BLOCK
+time plus a socket margin.
+
+Consumer names carry the process id, so a restarted POP is a new consumer;
+the pending entries of predecessors idle for ``stale_consumer_idle`` are
+dropped with their consumer (the start purge covers them).
+
+Lag, for ``/_edge/health`` and ``/metrics``: ``lag_entries`` from XINFO GROUPS
+(Redis 7.0: entries not yet delivered to the group), read at most every
+``lag_interval``; ``lag_seconds`` as in the HTTP follower, an upper bound on
+how long a committed change may have gone unapplied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis.asyncio as redis_asyncio
+from redis.exceptions import RedisError, ResponseError
+
+from edge.errors import PeerError
+from edge.feedfollow import Backoff, OnChange, OnReset, parse_position
+from origin.changefeed import Position
+from origin.hlc import Stamp
+
+log = logging.getLogger("boxoffice.edge.feed")
+
+SECOND: Final = 1.0
+STREAM_PREFIX: Final = "boxoffice:changes:"
+RESET_OP: Final = "reset"
+# One XREADGROUP answer: enough to catch up quickly after a blip, small enough
+# that a batch of whole-document patches stays well under a megabyte.
+DEFAULT_BATCH: Final = 500
+MAX_BATCH: Final = 10_000
+# How long one XREADGROUP waits for new entries; a cancelled POP stops within it.
+DEFAULT_BLOCK: Final = 5 * SECOND
+# Socket time beyond BLOCK for Redis to answer and the answer to arrive.
+DEFAULT_SOCKET_MARGIN: Final = 2 * SECOND
+DEFAULT_CONNECT_TIMEOUT: Final = 2 * SECOND
+DEFAULT_BACKOFF_INITIAL: Final = 0.1 * SECOND
+DEFAULT_BACKOFF_MAX: Final = 5 * SECOND
+# Same reasoning as the HTTP follower: past 30 s a blind POP's entries are
+# older than the origin lets any cache serve without revalidating.
+DEFAULT_MAX_OUTAGE: Final = 30 * SECOND
+# XINFO GROUPS is cheap but not free; once a second keeps the figure current.
+DEFAULT_LAG_INTERVAL: Final = 1 * SECOND
+# A predecessor consumer idle this long is a dead process, not a slow one.
+DEFAULT_STALE_CONSUMER_IDLE: Final = 10 * 60 * SECOND
+# Fields the follower reads from an entry; any longer value is refused rather than parsed.
+MAX_FIELD_CHARS: Final = 4 * 1024 * 1024
+
+
+def stream_key(source: str) -> str:
+    """The stream of one feed source (``origin`` or a shard id)."""
+    return STREAM_PREFIX + source
+
+
+def group_name(pop_id: str) -> str:
+    return f"pop:{pop_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    """Limits and timeouts of one stream follower (seconds)."""
+
+    batch: int = DEFAULT_BATCH
+    block: float = DEFAULT_BLOCK
+    socket_margin: float = DEFAULT_SOCKET_MARGIN
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    backoff_initial: float = DEFAULT_BACKOFF_INITIAL
+    backoff_max: float = DEFAULT_BACKOFF_MAX
+    max_outage: float | None = DEFAULT_MAX_OUTAGE  # None: never purge because of an outage
+    lag_interval: float = DEFAULT_LAG_INTERVAL
+    stale_consumer_idle: float = DEFAULT_STALE_CONSUMER_IDLE
+    start_reset: bool = True
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad option."""
+        if not 1 <= self.batch <= MAX_BATCH:
+            raise ValueError(f"batch: must be 1 to {MAX_BATCH}")
+        for name in ("block", "socket_margin", "connect_timeout", "backoff_initial", "backoff_max", "lag_interval",
+                     "stale_consumer_idle"):  # fmt: skip
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: must be a positive finite number of seconds")
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError("backoff_max: must be at least backoff_initial")
+        if self.max_outage is not None and not (math.isfinite(self.max_outage) and self.max_outage > 0):
+            raise ValueError("max_outage: must be a positive number of seconds, or None")
+
+
+# The pure core: one entry in, one verdict out --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """One parsed stream entry; a reset marker has ``op == "reset"`` and no item."""
+
+    entry_id: str
+    pos: Position
+    op: str
+    item_id: str
+    version: int
+    hlc_wall: float | None  # POSIX seconds of the HLC stamp; None when absent or unparsable
+    patch: dict[str, Any]
+
+    @property
+    def is_reset(self) -> bool:
+        return self.op == RESET_OP
+
+
+def parse_entry(entry_id: str, fields: Mapping[str, str]) -> StreamEntry:
+    """An entry in the contract's format. Raises PeerError naming what is wrong.
+
+    A reset marker needs only ``op`` and ``pos``. The HLC stamp only feeds the
+    lag figure, so one that does not parse is recorded as unknown.
+    """
+    if not fields:
+        raise PeerError(f"entry {entry_id} has no fields (deleted or trimmed while pending)")
+    for name, value in fields.items():
+        if len(value) > MAX_FIELD_CHARS:
+            raise PeerError(f"entry {entry_id}: field {name[:40]!r} is over {MAX_FIELD_CHARS} characters")
+    op = fields.get("op")
+    if not isinstance(op, str) or not op:
+        raise PeerError(f"entry {entry_id} has no op")
+    pos = parse_position(fields.get("pos"), f"entry {entry_id} pos")
+    hlc_wall = None
+    hlc = fields.get("hlc")
+    if hlc:
+        try:
+            hlc_wall = Stamp.decode(hlc).wall_ms / 1000
+        except ValueError:
+            hlc_wall = None
+    if op == RESET_OP:
+        return StreamEntry(entry_id, pos, op, "", 0, hlc_wall, {})
+    item_id = fields.get("item_id")
+    if not item_id:
+        raise PeerError(f"entry {entry_id} ({op}) has no item_id")
+    version_text = fields.get("version", "")
+    if not (version_text.isascii() and version_text.isdigit()) or len(version_text) > 19:
+        raise PeerError(f"entry {entry_id} ({item_id}) has no decimal version")
+    try:
+        patch = json.loads(fields.get("patch", ""))
+    except ValueError as exc:
+        raise PeerError(f"entry {entry_id} ({item_id}) has a patch that is not JSON: {exc}") from None
+    if not isinstance(patch, dict):
+        raise PeerError(f"entry {entry_id} ({item_id}) has a patch that is not an object")
+    return StreamEntry(entry_id, pos, op, item_id, int(version_text), hlc_wall, patch)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do with one entry: purge first (`reset` names why), then apply it unless `skip`."""
+
+    reset: str | None
+    apply: bool
+
+
+def judge(last: Position | None, entry: StreamEntry) -> Verdict:
+    """The rules of the module docstring for one entry after position `last` (None: no reference yet)."""
+    if entry.is_reset:
+        return Verdict(f"the publisher re-snapshotted (reset marker at {entry.pos.encode()})", apply=False)
+    if last is None:
+        return Verdict(None, apply=True)
+    if entry.pos.epoch != last.epoch:
+        return Verdict(f"the feed changed history without a reset marker: {last.encode()} then "
+                       f"{entry.pos.encode()}", apply=True)  # fmt: skip
+    if entry.pos.seq <= last.seq:
+        return Verdict(None, apply=False)  # delivered again (at-least-once)
+    if entry.pos.seq != last.seq + 1:
+        return Verdict(f"gap in the stream: {last.encode()} then {entry.pos.encode()}", apply=True)
+    return Verdict(None, apply=True)
+
+
+StreamId = tuple[int, int]  # "ms-seq", compared as numbers
+
+
+def parse_stream_id(text: object) -> StreamId:
+    """A Redis stream id ``ms-seq``. Raises PeerError."""
+    if not isinstance(text, str):
+        raise PeerError(f"stream id {text!r} is not a string")
+    ms, dash, seq = text.partition("-")
+    if not (dash and ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()):
+        raise PeerError(f"stream id {text[:60]!r} is not ms-seq")
+    return int(ms), int(seq)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLag:
+    """The group's line of XINFO GROUPS and the stream's XINFO STREAM, read in one transaction."""
+
+    lag: int | None  # entries not yet delivered to the group; None when Redis cannot tell
+    entries_read: int | None  # None until the group has read (and after XGROUP SETID)
+    pending: int
+    last_delivered: StreamId
+    length: int
+    entries_added: int
+    first_entry: StreamId | None  # None when the stream is empty
+    last_generated: StreamId
+
+
+def lag_problem(lag: GroupLag) -> str | None:
+    """Why the group's position cannot be trusted (entries it never read are gone), or None.
+
+    Trimming removes the oldest entries. With ``entries_read`` known, the
+    group still has ``lag`` entries to read, so ``lag > length`` means some of
+    them were removed. Without it (a group that has not read yet), Redis
+    estimates the lag from the first entry, which hides a trim; then any
+    removed entry newer than the group's last delivered id means a gap, and
+    when entries were removed and the oldest remaining one (or, the stream
+    being empty, the newest ever) is past that id, some may have been: we
+    purge then.
+    """
+    if lag.lag is None:
+        return "the group's lag is unknown (entries were deleted or trimmed past it)"
+    if lag.entries_read is not None:
+        if lag.lag > lag.length:
+            return f"{lag.lag - lag.length} entries were trimmed before the group read them"
+        return None
+    if lag.entries_added <= lag.length:
+        return None  # nothing was ever removed
+    oldest_kept = lag.first_entry
+    if oldest_kept is None:
+        if lag.last_delivered < lag.last_generated:
+            return "the stream was trimmed empty past entries the group had not read"
+        return None
+    if lag.last_delivered < oldest_kept:
+        # Cautious: the removed entries may all be at or before our position (then this purge was not
+        # needed), but nothing left tells; a group that has read once has `entries_read` and is exact.
+        return "entries were trimmed past the group's position before it read them"
+    return None
+
+
+# The adapter ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """What `/_edge/health` and `/metrics` report about the stream follower."""
+
+    stream: str
+    group: str
+    consumer: str
+    position: str | None
+    connected: bool
+    caught_up: bool
+    lag_entries: int | None
+    entries_read: int | None
+    lag_seconds: float | None
+    applied: int
+    resets: int
+    last_reset_reason: str | None
+    last_error: str | None
+    consecutive_failures: int
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "kind": "redis",
+            "stream": self.stream,
+            "group": self.group,
+            "consumer": self.consumer,
+            "position": self.position,
+            "connected": self.connected,
+            "caught_up": self.caught_up,
+            "lag_entries": self.lag_entries,
+            "entries_read": self.entries_read,
+            "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
+            "applied": self.applied,
+            "resets": self.resets,
+            "last_reset_reason": self.last_reset_reason,
+            "last_error": self.last_error,
+            "consecutive_failures": self.consecutive_failures,
+        }
+
+
+class _CallbackFailed(Exception):
+    """on_change or on_reset raised; retried like a Redis failure (at-least-once)."""
+
+
+class _GroupGone(Exception):
+    """NOGROUP: the stream or our group vanished."""
+
+
+class StreamFollower:
+    """Follows one Redis stream through the POP's consumer group until cancelled.
+
+    Args:
+        redis_url: ``redis://host:port/db`` of the feed's Redis.
+        source: the feed's name (``origin`` or a shard id); the stream is
+            ``boxoffice:changes:{source}``.
+        pop_id: the POP's id; the group is ``pop:{pop_id}``.
+        on_change: called once per change entry, in stream order. Must not block.
+        on_reset: called with a reason when the POP must purge every item entry.
+        options: limits and timeouts (validated here).
+        consumer: the consumer name; ``{pop_id}:{pid}`` by default.
+        physical_time: POSIX seconds, for the lag figure.
+        rand: floats in [0, 1) for the backoff jitter.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        source: str,
+        pop_id: str,
+        on_change: OnChange,
+        on_reset: OnReset,
+        *,
+        options: StreamOptions | None = None,
+        consumer: str | None = None,
+        physical_time: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.options = options or StreamOptions()
+        self.options.validate()
+        if not source or not pop_id:
+            raise ValueError("source and pop_id must not be empty")
+        self.redis_url = redis_url
+        self.stream = stream_key(source)
+        self.group = group_name(pop_id)
+        self.consumer = consumer or f"{pop_id}:{os.getpid()}"
+        self._on_change = on_change
+        self._on_reset = on_reset
+        self._physical_time = physical_time
+        self._backoff = Backoff(self.options.backoff_initial, self.options.backoff_max, rand)
+        self._last: Position | None = None
+        self._joined = False
+        self._read_pending = True  # re-read our own unacknowledged entries before new ones
+        self._pending_reset: str | None = "start: joined the consumer group" if self.options.start_reset else None
+        self._connected = False
+        self._caught_up = False
+        self._lag: GroupLag | None = None
+        self._lag_checked_at: float | None = None  # monotonic
+        self._verified_at: float | None = None  # every change published before this POSIX time is applied
+        self._applied = 0
+        self._resets = 0
+        self._last_reset_reason: str | None = None
+        self._last_error: str | None = None
+        self._failures = 0
+        self._outage_since: float | None = None  # monotonic
+        self._outage_reset_done = False
+
+    # State for health and metrics -------------------------------------------
+
+    @property
+    def position(self) -> str | None:
+        return None if self._last is None else self._last.encode()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def applied(self) -> int:
+        return self._applied
+
+    @property
+    def resets(self) -> int:
+        return self._resets
+
+    @property
+    def last_reset_reason(self) -> str | None:
+        return self._last_reset_reason
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    @property
+    def lag_entries(self) -> int | None:
+        return None if self._lag is None else self._lag.lag
+
+    @property
+    def lag_seconds(self) -> float | None:
+        if self._connected and self._caught_up:
+            return 0.0
+        if self._verified_at is None:
+            return None
+        return max(0.0, self._physical_time() - self._verified_at)
+
+    def status(self) -> StreamStatus:
+        return StreamStatus(
+            stream=self.stream,
+            group=self.group,
+            consumer=self.consumer,
+            position=self.position,
+            connected=self._connected,
+            caught_up=self._caught_up,
+            lag_entries=self.lag_entries,
+            entries_read=None if self._lag is None else self._lag.entries_read,
+            lag_seconds=self.lag_seconds,
+            applied=self._applied,
+            resets=self._resets,
+            last_reset_reason=self._last_reset_reason,
+            last_error=self._last_error,
+            consecutive_failures=self._failures,
+        )
+
+    # The loop ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Follow the stream until cancelled. Raises only CancelledError."""
+        options = self.options
+        client = redis_asyncio.Redis.from_url(
+            self.redis_url,
+            decode_responses=True,
+            socket_timeout=options.block + options.socket_margin,
+            socket_connect_timeout=options.connect_timeout,
+        )
+        try:
+            while True:
+                _raise_if_cancelled()
+                try:
+                    if not self._joined:
+                        await self._join(client)
+                    if self._pending_reset is not None:
+                        self._reset(self._pending_reset)
+                        self._pending_reset = None
+                    await self._check_lag(client)
+                    await self._read(client)
+                except _GroupGone:
+                    await self._restart_from_head(client, "the stream or the consumer group vanished (NOGROUP)")
+                except (RedisError, OSError, TimeoutError, _CallbackFailed) as exc:
+                    await self._fail_and_wait(exc)
+        finally:
+            await client.aclose()
+
+    async def _join(self, client: redis_asyncio.Redis) -> None:
+        """Create the group at ``$`` unless it exists; drop dead predecessors' consumers."""
+        try:
+            await client.xgroup_create(self.stream, self.group, id="$", mkstream=True)
+            log.info("feed %s: created consumer group %s", self.stream, self.group)
+        except ResponseError as exc:
+            if not str(exc).startswith("BUSYGROUP"):
+                raise
+        for consumer in await client.xinfo_consumers(self.stream, self.group):
+            name, idle_ms = consumer.get("name"), _int_or_none(consumer.get("idle"))
+            stale = idle_ms is not None and idle_ms >= self.options.stale_consumer_idle * 1000
+            if isinstance(name, str) and name != self.consumer and stale:
+                # Its unacknowledged entries go with it; the start purge covers them.
+                await client.xgroup_delconsumer(self.stream, self.group, name)
+        self._joined = True
+        self._read_pending = True
+        self._recovered()
+
+    async def _restart_from_head(self, client: redis_asyncio.Redis, reason: str) -> None:
+        """Move the group to ``$`` (re-creating it if needed), then purge: the order of the module docstring."""
+        log.warning("feed %s: %s; continuing from the head and purging", self.stream, reason)
+        try:
+            try:
+                await client.xgroup_create(self.stream, self.group, id="$", mkstream=True)
+            except ResponseError as exc:
+                if not str(exc).startswith("BUSYGROUP"):
+                    raise
+                await client.xgroup_setid(self.stream, self.group, id="$")
+            # Our unacknowledged entries predate the purge; drop them with the consumer.
+            await client.xgroup_delconsumer(self.stream, self.group, self.consumer)
+        except (RedisError, OSError, TimeoutError) as exc:
+            # Not moved yet: the reset stays pending and the next attempt starts with the join.
+            self._joined = False
+            self._pending_reset = reason
+            await self._fail_and_wait(exc)
+            return
+        self._last = None
+        self._lag = None
+        self._read_pending = False
+        self._recovered()
+        try:
+            self._reset(reason)
+        except _CallbackFailed as exc:
+            await self._fail_and_wait(exc)
+
+    async def _check_lag(self, client: redis_asyncio.Redis) -> None:
+        """Read the group's lag at most every `lag_interval`; a lag we cannot trust restarts from the head."""
+        now = time.monotonic()
+        if self._lag_checked_at is not None and now - self._lag_checked_at < self.options.lag_interval:
+            return
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.xinfo_groups(self.stream)
+            pipe.xinfo_stream(self.stream)
+            try:
+                groups, stream = await pipe.execute()
+            except ResponseError as exc:
+                if "no such key" in str(exc).lower():
+                    raise _GroupGone from exc
+                raise
+        mine = next((group for group in groups if group.get("name") == self.group), None)
+        if mine is None:
+            raise _GroupGone
+        self._lag_checked_at = now
+        try:
+            first = stream.get("first-entry")
+            lag = GroupLag(
+                lag=_int_or_none(mine.get("lag")),
+                entries_read=_int_or_none(mine.get("entries-read")),
+                pending=_int_or_none(mine.get("pending")) or 0,
+                last_delivered=parse_stream_id(mine.get("last-delivered-id")),
+                length=_int_or_none(stream.get("length")) or 0,
+                entries_added=_int_or_none(stream.get("entries-added")) or 0,
+                first_entry=None if not first else parse_stream_id(first[0]),
+                last_generated=parse_stream_id(stream.get("last-generated-id")),
+            )
+        except PeerError as exc:
+            raise RedisError(f"XINFO answered something unexpected: {exc.message}") from exc
+        problem = lag_problem(lag)
+        if problem is not None:
+            await self._restart_from_head(client, problem)
+            return
+        self._lag = lag
+        if lag.lag == 0:
+            self._verified_at = self._physical_time()
+
+    async def _read(self, client: redis_asyncio.Redis) -> None:
+        options = self.options
+        from_id = "0" if self._read_pending else ">"
+        # BLOCK only at the head (behind, we want an answer at once); never BLOCK 0, which waits forever.
+        block_ms = None if self._read_pending or not self._caught_up else max(1, int(options.block * 1000))
+        try:
+            answer = await client.xreadgroup(self.group, self.consumer, {self.stream: from_id}, count=options.batch,
+                                             block=block_ms)  # fmt: skip
+        except ResponseError as exc:
+            if _is_nogroup(exc):
+                raise _GroupGone from exc
+            raise
+        received_at = self._physical_time()
+        self._recovered()
+        entries: list[tuple[str, dict[str, str]]] = []
+        streams: Any = answer or []  # RESP2: [[key, [(id, fields), …]]]
+        for _stream, batch in streams:
+            entries.extend(batch)
+        if self._read_pending and not entries:
+            self._read_pending = False  # our own backlog is done; now the new entries
+            return
+        await self._apply(client, entries)
+        if from_id == ">":
+            was_caught_up = self._caught_up
+            self._caught_up = len(entries) < options.batch
+            if not entries and was_caught_up:
+                # A BLOCK that ran out with nothing new: nothing was published meanwhile.
+                self._verified_at = received_at
+
+    async def _apply(self, client: redis_asyncio.Redis, entries: list[tuple[str, dict[str, str]]]) -> None:
+        done: list[str] = []
+        try:
+            for entry_id, fields in entries:
+                try:
+                    entry = parse_entry(entry_id, fields or {})
+                except PeerError as exc:
+                    # We cannot tell what this entry changed: purge rather than guess.
+                    self._reset(f"unusable entry: {exc.message}")
+                    self._last = None
+                    done.append(entry_id)
+                    continue
+                verdict = judge(self._last, entry)
+                if verdict.reset is not None:
+                    self._reset(verdict.reset)
+                if verdict.apply:
+                    try:
+                        self._on_change(entry.item_id, entry.version, entry.patch)
+                    except Exception as exc:
+                        log.exception("feed %s: on_change(%s, %d) failed", self.stream, entry.item_id, entry.version)
+                        raise _CallbackFailed(f"on_change failed: {exc!r}") from exc
+                    self._applied += 1
+                # Only once applied: an entry whose callback failed is read again and must not look like a duplicate.
+                if entry.is_reset or verdict.apply:
+                    self._last = entry.pos
+                    if entry.hlc_wall is not None:
+                        self._verified_at = max(self._verified_at or entry.hlc_wall, entry.hlc_wall)
+                done.append(entry_id)
+        finally:
+            if done:
+                # A failed XACK only means these entries come again, as duplicates that are skipped.
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await client.xack(self.stream, self.group, *done)
+
+    # Failures, outages, resets ----------------------------------------------
+
+    def _reset(self, reason: str) -> None:
+        self._resets += 1
+        self._last_reset_reason = reason
+        try:
+            self._on_reset(reason)
+        except Exception as exc:
+            log.exception("feed %s: on_reset failed", self.stream)
+            self._pending_reset = reason  # purge again on the next attempt: a reset is never skipped
+            raise _CallbackFailed(f"on_reset failed: {exc!r}") from exc
+
+    def _recovered(self) -> None:
+        if self._outage_since is not None:
+            log.info("feed %s: reachable again after %d failure(s)", self.stream, self._failures)
+        self._connected = True
+        self._failures = 0
+        self._outage_since = None
+        self._outage_reset_done = False
+        self._backoff.reset()
+
+    async def _fail_and_wait(self, exc: BaseException) -> None:
+        self._last_error = f"{type(exc).__name__}: {exc}"[:500]
+        self._connected = False
+        self._caught_up = False
+        self._read_pending = True
+        self._lag_checked_at = None
+        self._failures += 1
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = now
+            log.warning("feed %s: %s; backing off", self.stream, self._last_error)
+        else:
+            log.debug("feed %s: failure %d: %s", self.stream, self._failures, self._last_error)
+        delay = self._backoff.next_delay()
+        max_outage = self.options.max_outage
+        if max_outage is not None and not self._outage_reset_done:
+            delay = min(delay, max(0.0, self._outage_since + max_outage - now))
+        await asyncio.sleep(delay)
+        self._check_outage()
+
+    def _check_outage(self) -> None:
+        max_outage = self.options.max_outage
+        if max_outage is None or self._outage_since is None or self._outage_reset_done:
+            return
+        down_for = time.monotonic() - self._outage_since
+        if down_for >= max_outage:
+            self._outage_reset_done = True
+            with contextlib.suppress(_CallbackFailed):
+                self._reset(f"feed unreachable for {down_for:.1f} s (max_outage {max_outage:g} s): {self._last_error}")
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a library swallowed.
+
+    redis-py 8's asyncio client can return a command's answer although the
+    task was cancelled while that answer was being read (seen with XREADGROUP
+    BLOCK); the loop would then carry on forever, and the next read would
+    hang on a connection the cancellation left behind. `cancelling()` still
+    counts the request, so we honour it here.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _is_nogroup(exc: ResponseError) -> bool:
+    return str(exc).startswith("NOGROUP")
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None

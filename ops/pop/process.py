@@ -1,0 +1,163 @@
+"""The POP's process and its state file: spawn it detached, find it again, stop it.
+
+`deploy` writes ``RUN_DIR/NAME/pop.json`` (a :class:`PopRecord`, mode 0600: it
+holds the POP's token) next to its log; `retire` reads it back. Signals go
+only to a pid that still runs `edge serve` for that POP (pid reuse).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Final
+
+from ops.pop.steps import POLL_INTERVAL, PopError
+from ops.settings import SECOND
+
+STATE_FILE: Final = "pop.json"
+LOG_FILE: Final = "edge.log"
+START_TIMEOUT: Final = 30 * SECOND  # a fresh interpreter importing aiohttp, uvloop and httptools on a busy host
+LOG_TAIL_BYTES: Final = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class PopRecord:
+    """What `deploy` leaves in RUN_DIR/NAME/pop.json for `retire` (and operators) to find."""
+
+    name: str
+    region: str
+    address: str
+    port: int
+    pid: int | None  # None: attached to a POP deploy did not start
+    geodns_admin: str
+    purge_token: str
+    log: str
+    started_at: float
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}"
+
+    @property
+    def health_url(self) -> str:
+        return f"{self.url}/_edge/health"
+
+
+def state_path(run_dir: Path, name: str) -> Path:
+    return run_dir / name / STATE_FILE
+
+
+def read_record(run_dir: Path, name: str) -> PopRecord | None:
+    path = state_path(run_dir, name)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        return PopRecord(**document)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        raise PopError(f"cannot read {path}: {exc}") from None
+
+
+def write_record(run_dir: Path, record: PopRecord) -> None:
+    """Write atomically (temp file + rename), readable by the owner only: it holds the POP's token."""
+    path = state_path(run_dir, record.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        json.dump(asdict(record), file, indent=2)
+    temporary.replace(path)
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as gone; our own exited child is reaped here)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): kill(0) is all we know
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def is_edge_process(pid: int, name: str) -> bool:
+    """Guard against pid reuse: the process runs `edge serve` for POP `name` (True where /proc is missing)."""
+    try:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return not Path("/proc/self").exists()
+    return b"edge" in arguments and b"serve" in arguments and name.encode() in arguments
+
+
+def spawn_edge(command: Sequence[str], environment: dict[str, str], log_path: Path) -> int:
+    """Start `command` in a session of its own (no controlling terminal), output to `log_path`; return its pid.
+
+    posix_spawn rather than subprocess.Popen: the POP must outlive this command,
+    and a Popen object would want to be waited for.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    return os.posix_spawn(command[0], list(command), environment, file_actions=actions, setsid=True)
+
+
+def stop_process(pid: int, name: str, grace: float) -> str:
+    """SIGTERM, wait up to `grace` seconds, then SIGKILL. Returns how it ended."""
+    if not process_alive(pid):
+        return f"pid {pid} had already exited"
+    if not is_edge_process(pid, name):
+        raise PopError(f"pid {pid} is no longer POP {name}'s edge process (reused?); not signalling it")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not process_alive(pid):
+            return f"pid {pid} exited after SIGTERM"
+        time.sleep(POLL_INTERVAL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + START_TIMEOUT
+    while process_alive(pid):
+        if time.monotonic() >= deadline:
+            raise PopError(f"pid {pid} survived SIGKILL for {START_TIMEOUT:g} s")
+        time.sleep(POLL_INTERVAL)
+    return f"pid {pid} did not exit within {grace:g} s of SIGTERM: killed"
+
+
+def log_tail(path: Path) -> str:
+    try:
+        with path.open("rb") as file:
+            file.seek(max(0, file.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+            return file.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return "(no log)"
+
+
+def port_free(address: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the POP binds (reuse_address): connections of a previous POP in TIME_WAIT do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
