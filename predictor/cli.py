@@ -19,6 +19,9 @@ from typing import Any
 from ops.settings import SettingsError, add_arguments, load, to_toml
 from origin.catalog import build_catalog
 from predictor.errors import PredictorError, WorkloadConfigError
+from predictor.modelcli import add_evaluate_arguments, run_evaluate, run_train
+from predictor.report import add_report_arguments, run_report
+from predictor.service import SERVE_DESCRIPTION, add_serve_arguments, run_serve
 from predictor.settings import PredictorSettings, setting_for
 from predictor.traces import write_workload
 from predictor.workload import generate
@@ -26,7 +29,9 @@ from predictor.workload import generate
 DESCRIPTION = """\
 The predictor sidecar. `generate` writes a realistic synthetic workload (a user
 event log, per-POP request traces and every session's true purchase
-probability) from one seed over the origin's demo catalog. Settings come from
+probability) from one seed over the origin's demo catalog; `train` fits the
+purchase and demand models on it and `evaluate` measures them against
+baselines and the generator's truth. Settings come from
 flags, then BOXOFFICE_PREDICTOR_* environment variables, then the [predictor]
 table of the --config file (or $BOXOFFICE_CONFIG), then defaults.
 """
@@ -34,12 +39,7 @@ table of the --config file (or $BOXOFFICE_CONFIG), then defaults.
 log = logging.getLogger("predictor")
 
 # The issue's other commands, not built yet; each says so (exit 2) instead of argparse's "invalid choice".
-PLANNED = {
-    "train": "train the purchase and demand models",
-    "evaluate": "score the models against baselines and the generator's truth",
-    "serve": "ingest events and serve warm lists, hints and forecasts",
-    "report": "replay the traces through the edge's cache and write the report",
-}
+PLANNED: dict[str, str] = {}
 
 
 def build_parser(prog: str = "boxoffice predictor") -> argparse.ArgumentParser:
@@ -53,8 +53,25 @@ def build_parser(prog: str = "boxoffice predictor") -> argparse.ArgumentParser:
     generate_parser.add_argument("--out", dest="workload_dir", metavar="DIR", help="same as --workload-dir")
     config_parser = commands.add_parser("config", help="print the effective settings as TOML and exit")
     add_arguments(config_parser, PredictorSettings)
+    train_parser = commands.add_parser(
+        "train", help="train the purchase and demand models into versioned files", description=DESCRIPTION
+    )
+    add_arguments(train_parser, PredictorSettings)
+    evaluate_parser = commands.add_parser(
+        "evaluate", help="score the models against baselines and the generator's truth", description=DESCRIPTION
+    )
+    add_arguments(evaluate_parser, PredictorSettings)
+    add_evaluate_arguments(evaluate_parser)
+    serve_parser = commands.add_parser(
+        "serve", help="ingest events and serve warm lists, hints and forecasts", description=SERVE_DESCRIPTION
+    )
+    add_serve_arguments(serve_parser)
     for name, summary in PLANNED.items():
         commands.add_parser(name, help=f"{summary} (not in this version yet)", add_help=False)
+    report_parser = commands.add_parser(
+        "report", help="replay the traces through the edge's cache and write the HTML report"
+    )
+    add_report_arguments(report_parser)
     return parser
 
 
@@ -65,6 +82,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "boxoffice predictor") -
         return 2
     if extra:
         build_parser(prog).parse_args(argv)  # prints the usage and the unknown arguments, and exits 2
+    if args.command == "report":
+        return run_report(args, prog, argv)
+    if args.command == "serve":
+        return run_serve(args, prog)
     try:
         settings = load(PredictorSettings, "predictor", args=args)
     except SettingsError as exc:
@@ -76,6 +97,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "boxoffice predictor") -
     try:
         if args.command == "generate":
             print(json.dumps(_generate(settings), indent=2))
+        elif args.command == "train":
+            print(run_train(settings))
+        elif args.command == "evaluate":
+            print(run_evaluate(settings, args))
         else:
             print(to_toml(settings, "predictor"))
     except WorkloadConfigError as exc:  # rates that contradict each other only once the workload is drawn

@@ -1,5 +1,8 @@
 """Settings of the predictor: the `[predictor]` table (see ops.settings for the layers).
 
+The model settings (``models_dir``, the split shares, the forecast horizon,
+the ``boost_*`` knobs) are read by ``train`` and ``evaluate``.
+
 The workload generator's knobs are here under the names of the
 :class:`~predictor.workload_config.WorkloadConfig` fields they set (the few
 that would be ambiguous in a service-wide table carry a ``workload_`` or
@@ -13,13 +16,42 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from ops.settings import Seconds, SettingsError, setting
+from ops.settings import MINUTE, Seconds, SettingsError, setting
 from predictor.errors import WorkloadConfigError
 from predictor.workload_config import WorkloadConfig
 
+
+@dataclass(frozen=True, slots=True)
+class BoostParams:
+    """xgboost's knobs that matter here (:mod:`predictor.models` uses them)."""
+
+    rounds: int = 400
+    learning_rate: float = 0.1  # on the default workload: eta 0.05's AUC in half the rounds
+    max_depth: int = 6
+    min_child_weight: float = 5.0
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    threads: int = 2
+
+    def for_objective(self, objective: str) -> dict[str, Any]:
+        return {
+            "objective": objective,
+            "tree_method": "hist",
+            "eta": self.learning_rate,
+            "max_depth": self.max_depth,
+            "min_child_weight": self.min_child_weight,
+            "subsample": self.subsample,
+            "colsample_bytree": self.colsample_bytree,
+            "nthread": self.threads,
+            "seed": 0,
+            "eval_metric": "logloss" if objective == "binary:logistic" else "poisson-nloglik",
+        }
+
+
 _DEFAULTS: Final = WorkloadConfig()
+_BOOST: Final = BoostParams()
 # settings field -> WorkloadConfig field, where the names differ
 _RENAMED: Final = {
     "workload_seed": "seed",
@@ -69,19 +101,46 @@ class PredictorSettings:
     waiting_room_release_multiple: float = setting(
         _DEFAULTS.waiting_room_release_multiple, "hot on-sales' waiting rooms release this many baselines"
     )
+    models_dir: Path = setting(Path("var/models"), "directory of the versioned model files (`train` writes here)")
+    train_share: float = setting(0.6, "earliest share of sessions that trains the models (time-based split)")
+    calibration_share: float = setting(0.15, "next share that calibrates the purchase model; the rest tests")
+    forecast_horizon: Seconds = setting(Seconds(15 * MINUTE), "how far ahead the demand forecast looks")
+    forecast_train_step: Seconds = setting(Seconds(30 * MINUTE), "spacing of the demand model's training cut-offs")
+    boost_rounds: int = setting(_BOOST.rounds, "most boosting rounds (early stopping usually ends sooner)")
+    boost_learning_rate: float = setting(_BOOST.learning_rate, "xgboost learning rate (eta)")
+    boost_max_depth: int = setting(_BOOST.max_depth, "depth of each tree")
+    boost_threads: int = setting(_BOOST.threads, "xgboost threads")
     log_level: str = setting("info", "debug, info, warning or error")
 
     def validate(self) -> None:
         """Raise SettingsError naming the first setting the generator cannot honour."""
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"predictor.log_level: {self.log_level!r} is not debug, info, warning or error")
-        for name in ("catalog_venues", "catalog_events"):
+        for name in ("catalog_venues", "catalog_events", "boost_rounds", "boost_max_depth", "boost_threads"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"predictor.{name}: must be at least 1")
+        for name in ("train_share", "calibration_share"):
+            if not 0.05 <= getattr(self, name) <= 0.9:
+                raise SettingsError(f"predictor.{name}: must be between 0.05 and 0.9")
+        if self.train_share + self.calibration_share > 0.95:
+            raise SettingsError("predictor.calibration_share: train_share + calibration_share must leave 5 % to test")
+        if not 0 < self.boost_learning_rate <= 1:
+            raise SettingsError("predictor.boost_learning_rate: must be above 0 and at most 1")
+        for name in ("forecast_horizon", "forecast_train_step"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"predictor.{name}: must be at least 1 s")
         try:
             self.workload_config().validate()
         except WorkloadConfigError as exc:
             raise SettingsError(f"predictor.{setting_for(exc.key)}: {exc.reason}") from None
+
+    def boost_params(self) -> BoostParams:
+        return BoostParams(
+            rounds=self.boost_rounds,
+            learning_rate=self.boost_learning_rate,
+            max_depth=self.boost_max_depth,
+            threads=self.boost_threads,
+        )
 
     def workload_config(self) -> WorkloadConfig:
         """The generator's config: these settings over the documented defaults.

@@ -91,9 +91,3 @@ def test_config_prints_the_effective_settings() -> None:
     assert done.stdout.startswith("[predictor]\n")
     assert "workload_seed = 5\n" in done.stdout
     assert 'workload_dir = "var/workload"\n' in done.stdout
-
-
-def test_commands_of_later_parts_say_they_are_not_here_yet() -> None:
-    done = run("-m", "predictor", "train")
-    assert done.returncode == 2
-    assert "not in this version" in done.stderr
