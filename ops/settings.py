@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
         flag = "--" + field.name.replace("_", "-")
-        help_text = f"{field.metadata.get('help', '')} (default: {_show(field.default)})"
+        # argparse %-formats help strings: a literal "5 %" must reach it as "5 %%"
+        help_text = f"{field.metadata.get('help', '')} (default: {_show(field.default)})".replace("%", "%%")
         if kind is bool:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, help=help_text)
         else:

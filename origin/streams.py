@@ -128,7 +128,7 @@ class PublisherSettings:
     backoff_initial: Seconds = setting(Seconds(0.1 * SECOND), "first retry delay after a failure")
     backoff_max: Seconds = setting(Seconds(5 * SECOND), "longest retry delay")
     host: str = setting("127.0.0.1", "address of the /metrics and /v1/health listener")
-    port: int = setting(8190, "port of the /metrics and /v1/health listener (0: none)")
+    port: int = setting(8191, "port of the /metrics and /v1/health listener (0: none; the shard manager has 8190)")
     log_level: str = setting("info", "debug, info, warning or error")
 
     def validate(self) -> None:

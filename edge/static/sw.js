@@ -7,11 +7,17 @@
  * How it works
  * - Hints come from GET /v1/hints (same-origin, with the user's cookie):
  *   {"user_id", "hints": [{"url", "score"}], "expires_at": RFC 3339}.
- * - The list is refreshed when the worker activates, when a page posts
- *   {type: "bo-refresh-hints"}, and opportunistically on fetch events at most
- *   every HINT_REFRESH_INTERVAL_MS. (A service worker is stopped when idle,
- *   so a timer alone would not run; Periodic Background Sync needs an
- *   installed app.)
+ * - The list is refreshed when a page posts {type: "bo-refresh-hints",
+ *   saveData} and then, for that page's requests, opportunistically on fetch
+ *   events at most every HINT_REFRESH_INTERVAL_MS. (A service worker is
+ *   stopped when idle, so a timer alone would not run; Periodic Background
+ *   Sync needs an installed app.) Activation alone prefetches nothing: until
+ *   a page has said it is not under Save-Data (the page sees
+ *   navigator.connection.saveData and the POP's view of its Save-Data
+ *   header), the worker cannot know, and prefetching first would spend the
+ *   very bytes the user asked to save. The worker answers the page with
+ *   {type: "bo-hints-refreshed", prefetched: [paths], skipped: reason|null}.
+ * - {type: "bo-clear-prefetch"} (consent withdrawn) empties the cache.
  * - Each hinted URL that passes isHintable() is fetched with
  *   "X-Sec-Purpose: prefetch". "Sec-" names are forbidden request headers in
  *   the Fetch standard: a script's attempt to set Sec-Purpose is silently
@@ -19,8 +25,10 @@
  * - Entries are stored with their hint list's expiry and their size; the cache
  *   holds at most MAX_ENTRIES entries and MAX_TOTAL_BYTES bytes, evicting the
  *   oldest first. Expired entries are never served and are purged on refresh.
- * - No prefetching under Save-Data (navigator.connection.saveData, or a
- *   request that carried "Save-Data: on") or on 'slow-2g'/'2g' connections.
+ * - No prefetching under Save-Data (navigator.connection.saveData, a page
+ *   that says so, or a request that carried "Save-Data: on"; then the worker
+ *   stays quiet for SAVE_DATA_QUIET_MS) or on 'slow-2g'/'2g' connections. The
+ *   POP also answers /v1/hints with an empty list under "Save-Data: on".
  * - The fetch handler answers same-origin GETs for hintable URLs from the
  *   cache, once: the entry is deleted, the response is marked
  *   "X-Served-From: prefetch", and a background revalidation request (a
@@ -58,6 +66,10 @@ const HINTABLE = new RegExp('^/v1/(?:items/' + ID + '|events/' + ID + '|events\\
 let lastRefresh = 0;
 let refreshing = null;
 let saveDataSeenAt = -Infinity;
+// Ids of the pages (clients) that said they are not under Save-Data; only
+// their requests trigger opportunistic refreshes. Lost when the worker stops,
+// until the page posts again.
+const clientsAllowingPrefetch = new Set();
 
 function isHintable(path) {
   return typeof path === 'string' && path.length <= 512 && !path.includes('..') && HINTABLE.test(path);
@@ -95,47 +107,74 @@ self.addEventListener('activate', (event) => {
       .filter((name) => name.startsWith(CACHE_PREFIX) && name !== CACHE_NAME)
       .map((name) => caches.delete(name)));
     await self.clients.claim();
-    await refreshHints();
+    // No refresh here: see "Activation alone prefetches nothing" above.
   })());
 });
 
 self.addEventListener('message', (event) => {
   const data = event.data || {};
+  const source = event.source;
+  const clientId = source && source.id;
+  if (data.type === 'bo-clear-prefetch') {
+    if (clientId) clientsAllowingPrefetch.delete(clientId);
+    event.waitUntil(caches.delete(CACHE_NAME).then(() => reply(source, [], 'cleared')));
+    return;
+  }
   if (data.type !== 'bo-refresh-hints') return;
-  if (data.saveData === true) saveDataSeenAt = Date.now();
-  event.waitUntil(refreshHints(true));
+  if (data.saveData === true) {
+    saveDataSeenAt = Date.now();
+    if (clientId) clientsAllowingPrefetch.delete(clientId);
+    reply(source, [], 'save-data');
+    return;
+  }
+  if (clientId) clientsAllowingPrefetch.add(clientId);
+  event.waitUntil(refreshHints(true).then((prefetched) => {
+    reply(source, prefetched || [], prefetchAllowed() ? null : 'save-data-or-slow');
+  }));
 });
 
+function reply(client, prefetched, skipped) {
+  if (client && typeof client.postMessage === 'function') {
+    client.postMessage({ type: 'bo-hints-refreshed', prefetched, skipped });
+  }
+}
+
 // One refresh at a time; `force` skips the interval check (a page asked).
+// Resolves to the paths prefetched (none when it failed or was skipped).
 function refreshHints(force) {
   if (refreshing) return refreshing;
-  if (!force && Date.now() - lastRefresh < HINT_REFRESH_INTERVAL_MS) return Promise.resolve();
+  if (!force && Date.now() - lastRefresh < HINT_REFRESH_INTERVAL_MS) return Promise.resolve([]);
   lastRefresh = Date.now();
-  refreshing = doRefresh().catch(() => {}).finally(() => { refreshing = null; });
+  refreshing = doRefresh().catch(() => []).finally(() => { refreshing = null; });
   return refreshing;
 }
 
 async function doRefresh() {
+  const prefetched = [];
   const cache = await caches.open(CACHE_NAME);
   await purgeExpired(cache);
-  if (!prefetchAllowed()) return;
+  if (!prefetchAllowed()) return prefetched;
   const response = await fetch(HINTS_URL, { credentials: 'same-origin', cache: 'no-store' });
-  if (!response.ok) return;
+  if (!response.ok) return prefetched;
   const list = await response.json();
   const expiresAt = Date.parse(list && list.expires_at);
-  if (!Number.isFinite(expiresAt) || expiresAt <= Date.now() || !Array.isArray(list.hints)) return;
+  if (!Number.isFinite(expiresAt) || expiresAt <= Date.now() || !Array.isArray(list.hints)) return prefetched;
   for (const hint of list.hints.slice(0, MAX_HINTS)) {
     // The hint's own text must pass, before URL parsing could turn backslashes
     // or dot segments into another path; a hintable path is same-origin.
     const path = hint && hint.url;
     if (!isHintable(path) || !prefetchAllowed()) continue;
-    if (await cache.match(path)) continue;
+    if (await cache.match(path)) {
+      prefetched.push(path);
+      continue;
+    }
     try {
-      await prefetchOne(cache, path, expiresAt);
+      if (await prefetchOne(cache, path, expiresAt)) prefetched.push(path);
     } catch (e) {
       // One bad response (a network error, Vary: * refused by cache.put) does not stop the others.
     }
   }
+  return prefetched;
 }
 
 async function prefetchOne(cache, path, expiresAt) {
@@ -147,19 +186,20 @@ async function prefetchOne(cache, path, expiresAt) {
     headers: { 'X-Sec-Purpose': 'prefetch' },
   });
   const response = await fetch(request);
-  if (response.status !== 200 || response.type !== 'basic') return;
+  if (response.status !== 200 || response.type !== 'basic') return false;
   const cacheControl = (response.headers.get('Cache-Control') || '').toLowerCase();
-  if (cacheControl.includes('no-store')) return;
+  if (cacheControl.includes('no-store')) return false;
   const declared = Number(response.headers.get('Content-Length'));
-  if (Number.isFinite(declared) && declared > MAX_ENTRY_BYTES) return;
+  if (Number.isFinite(declared) && declared > MAX_ENTRY_BYTES) return false;
   const body = await response.arrayBuffer();
-  if (body.byteLength > MAX_ENTRY_BYTES) return;
+  if (body.byteLength > MAX_ENTRY_BYTES) return false;
   const headers = new Headers(response.headers);
   headers.set(H_EXPIRES, String(expiresAt));
   headers.set(H_STORED, String(Date.now()));
   headers.set(H_SIZE, String(body.byteLength));
   await cache.put(path, new Response(body, { status: 200, statusText: response.statusText, headers }));
   await enforceCaps(cache);
+  return true;
 }
 
 // Evict oldest entries (cache.keys() lists them in insertion order) until
@@ -195,9 +235,11 @@ self.addEventListener('fetch', (event) => {
   if (request.method !== 'GET') return;
   const path = sameOriginPath(request.url);
   if (path === null) return;
-  // Where the browser exposes Save-Data to the worker; pages can also say so in their message.
-  if ((request.headers.get('Save-Data') || '').toLowerCase() === 'on') saveDataSeenAt = Date.now();
-  if (path !== HINTS_URL && !path.startsWith(HINTS_URL + '/')) {
+  // Where the browser exposes Save-Data to the worker; pages also say so in their message.
+  const saveData = (request.headers.get('Save-Data') || '').toLowerCase() === 'on';
+  if (saveData) saveDataSeenAt = Date.now();
+  const fromAllowedPage = clientsAllowingPrefetch.has(event.clientId);
+  if (!saveData && fromAllowedPage && path !== HINTS_URL && !path.startsWith(HINTS_URL + '/')) {
     event.waitUntil(refreshHints(false));
   }
   if (!isHintable(path)) return;

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ops.settings import GiB, KiB, MiB, SettingsError, add_arguments, load, parse_duration, parse_size
+from ops.settings import GiB, KiB, MiB, SettingsError, add_arguments, load, parse_duration, parse_size, to_toml
 from origin.settings import OriginSettings
 
 FUZZ = settings(max_examples=300, deadline=None)
@@ -267,3 +267,24 @@ def test_parse_duration_units(number: int, unit: tuple[str, float], space: str) 
 @given(st.text(alphabet=string.ascii_letters + "_", min_size=1, max_size=20))
 def test_env_vars_of_other_services_are_ignored(name: str) -> None:
     assert load_origin(environ={f"BOXOFFICE_EDGE_{name.upper()}": "x", "PATH": "/bin"}) == OriginSettings()
+
+
+@dataclasses.dataclass(frozen=True)
+class _PercentHelp:
+    share: float = dataclasses.field(default=0.05, metadata={"help": "fall to 5 % of the peak"})
+    events: tuple[str, ...] = dataclasses.field(default=("a", "b"), metadata={"help": "a list"})
+
+
+def test_help_text_with_a_percent_sign_prints() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, _PercentHelp)
+    assert "fall to 5 % of the peak" in parser.format_help()
+
+
+def test_to_toml_prints_tuples_as_arrays_that_load_back(tmp_path: Path) -> None:
+    text = to_toml(dataclasses.replace(OriginSettings(), events=("evt-000001", "evt-000002")), "origin")
+    assert 'events = ["evt-000001", "evt-000002"]' in text
+    path = tmp_path / "c.toml"
+    path.write_text(text, encoding="utf-8")
+    loaded = load(OriginSettings, "origin", args=argparse.Namespace(config=str(path)), environ={})
+    assert loaded.events == ("evt-000001", "evt-000002")
