@@ -175,8 +175,20 @@ def phase(allotment: Allotment, now: datetime, policy: LeasePolicy) -> Phase:
     return Phase.RECLAIMABLE
 
 
-def grant(book: Book, shard: str, now: datetime, policy: LeasePolicy, units: int | None = None) -> Book:
+def grant(
+    book: Book,
+    shard: str,
+    now: datetime,
+    policy: LeasePolicy,
+    units: int | None = None,
+    *,
+    origin_holding: bool = False,
+) -> Book:
     """Lease the block (seated; `units` must be None) or escrow `units` (GA) to `shard`.
+
+    `origin_holding` says the origin has live holds on this item. A seated
+    block is then refused (LeaseHeld): a hold that expired during the lease
+    would hand its seats back into a block another writer owns.
 
     The new allotment, with its epoch, is ``result.allotment(shard)``.
     Raises LeaseHeld, InsufficientStock or BadRequest (rules table).
@@ -190,6 +202,8 @@ def grant(book: Book, shard: str, now: datetime, policy: LeasePolicy, units: int
             raise BadRequest(f"item {book.item_id} is a seated block: it is leased whole, do not pass units")
         if book.allotments:
             raise LeaseHeld(f"item {book.item_id} is leased to {book.owner}")
+        if origin_holding:
+            raise LeaseHeld(f"item {book.item_id} has live holds at the origin; lease it once they end")
         units = book.origin_free
         if units == 0:
             raise InsufficientStock(f"item {book.item_id} has no free seats to lease")
@@ -225,6 +239,19 @@ def origin_sell(book: Book, qty: int) -> Book:
         raise LeaseHeld(f"item {book.item_id} is leased to {book.owner}; forward the write")
     _check_qty(book, qty, book.origin_free, "the origin has")
     return replace(book, origin_free=book.origin_free - qty, sold=book.sold + qty)
+
+
+def origin_release(book: Book, qty: int) -> Book:
+    """Give back `qty` units the origin had taken for a hold that expired or was cancelled.
+
+    Raises LeaseHeld (a seated block leased meanwhile cannot happen when grants
+    respect `origin_holding`) or BadRequest.
+    """
+    if qty < 1 or qty > book.sold:
+        raise BadRequest(f"item {book.item_id}: cannot release {qty} of {book.sold} taken units")
+    if book.exclusive and book.allotments:
+        raise LeaseHeld(f"item {book.item_id} is leased to {book.owner}; its seats are not the origin's")
+    return replace(book, origin_free=book.origin_free + qty, sold=book.sold - qty)
 
 
 def refill(book: Book, shard: str, epoch: int, units: int, now: datetime) -> Book:

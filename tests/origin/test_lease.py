@@ -26,6 +26,7 @@ from origin.lease import (
     grant,
     new_book,
     open_book,
+    origin_release,
     origin_sell,
     phase,
     refill,
@@ -467,3 +468,20 @@ class LeaseMachine(RuleBasedStateMachine):
 
 LeaseMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 TestLeaseInterleavings = LeaseMachine.TestCase
+
+
+def test_a_seated_block_with_live_origin_holds_is_not_leased() -> None:
+    book = block()
+    with pytest.raises(LeaseHeld, match="live holds"):
+        grant(book, "eu-west-1", START, POLICY, origin_holding=True)
+    leased = grant(book, "eu-west-1", START, POLICY)
+    assert leased.owner == "eu-west-1"
+
+
+def test_origin_release_gives_back_an_expired_origin_hold() -> None:
+    book = origin_sell(ga(10), 3)
+    back = origin_release(book, 2)
+    assert (back.origin_free, back.sold) == (9, 1)
+    with pytest.raises(BadRequest):
+        origin_release(back, 2)
+    check_invariants(back)
