@@ -127,9 +127,11 @@ async def serve_flags(python: str = sys.executable) -> frozenset[str]:
     try:
         output, _ = await asyncio.wait_for(process.communicate(), HELP_TIMEOUT)
     except TimeoutError:
-        process.kill()
-        await process.wait()
+        await _kill(process)
         raise BackendError(f"`origin serve --help` did not finish in {HELP_TIMEOUT:.0f} s") from None
+    except asyncio.CancelledError:
+        await _kill(process)  # the manager is stopping: no child outlives the call
+        raise
     if process.returncode != 0:
         raise BackendError(f"`origin serve --help` failed: {output.decode(errors='replace')[-LOG_TAIL_BYTES:]}")
     return frozenset(_FLAG.findall(output.decode(errors="replace")))
@@ -252,7 +254,6 @@ class LocalProcessBackend:
         port = self._ports.get(shard.shard_id) or self._free_port()
         self._ports[shard.shard_id] = port
         shard_dir = self.data_dir / shard.shard_id
-        shard_dir.mkdir(parents=True, exist_ok=True)
         log_path = shard_dir / "shard.log"
         command = local_shard_command(
             self.python, self._flags, shard, host=self.host, port=port,
@@ -267,14 +268,15 @@ class LocalProcessBackend:
             if os.getppid() != parent:  # the manager died before prctl took effect
                 os._exit(1)
 
-        with log_path.open("ab") as log_file:
-            try:
+        try:
+            shard_dir.mkdir(parents=True, exist_ok=True)
+            with log_path.open("ab") as log_file:
                 process = await asyncio.create_subprocess_exec(
                     *command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                     start_new_session=True, preexec_fn=die_with_parent, cwd=shard_dir,
                 )  # fmt: skip
-            except OSError as exc:
-                raise BackendError(f"cannot start shard {shard.shard_id}: {exc}") from exc
+        except OSError as exc:  # the data directory, its log file or the interpreter
+            raise BackendError(f"cannot start shard {shard.shard_id}: {exc}") from exc
         child = _Child(shard, process, port, log_path)
         self._children[shard.shard_id] = child
         url = f"http://{_url_host(self.host)}:{port}"
@@ -339,6 +341,12 @@ class LocalProcessBackend:
             if port not in taken and _bindable(self.host, port):
                 return port
         raise BackendError(f"no free port from {self.base_port} to {self.base_port + MAX_LOCAL_PORTS - 1}")
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    await process.wait()
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -415,6 +423,7 @@ class KubernetesBackend:
         self.storage = storage
         self.kubectl = kubectl
         self.start_timeout = start_timeout
+        self._reported_foreign: set[str] = set()
 
     @staticmethod
     def object_name(shard_id: str) -> str:
@@ -537,10 +546,19 @@ class KubernetesBackend:
         output = await self._kubectl(self.list_command(), None)
         try:
             items = json.loads(output)["items"]
-            shard_ids = sorted(item["metadata"]["labels"][INSTANCE_LABEL] for item in items)
+            shard_ids = sorted(str(item["metadata"]["labels"][INSTANCE_LABEL]) for item in items)
         except (ValueError, KeyError, TypeError) as exc:
             raise BackendError(f"`{' '.join(self.list_command())}` printed no deployment list: {exc}") from exc
-        return {shard_id: url for shard_id in shard_ids if (url := self.url(shard_id)) is not None}
+        # A deployment someone labelled by hand must not hide the shards that do run (and make the
+        # manager restart every one of them each round): skip it, saying so once.
+        foreign = {shard_id for shard_id in shard_ids if not _K8S_SHARD_ID.match(shard_id)}
+        for shard_id in sorted(foreign - self._reported_foreign):
+            log.warning("ignoring deployment labelled %s=%r: not a shard id this manager makes", INSTANCE_LABEL,
+                        shard_id)  # fmt: skip
+        self._reported_foreign = foreign
+        return {
+            shard_id: url for shard_id in sorted(set(shard_ids) - foreign) if (url := self.url(shard_id)) is not None
+        }
 
     async def close(self) -> None:
         """Nothing to release: the shards outlive the manager, which finds them again with `running`."""
@@ -556,9 +574,11 @@ class KubernetesBackend:
         try:
             output, errors = await asyncio.wait_for(process.communicate(stdin), time_limit)
         except TimeoutError:
-            process.kill()
-            await process.wait()
+            await _kill(process)
             raise BackendError(f"`{' '.join(argv[:3])} …` did not finish in {time_limit:.0f} s") from None
+        except asyncio.CancelledError:
+            await _kill(process)  # the manager is stopping: no kubectl outlives the call
+            raise
         if process.returncode != 0:
             message = errors.decode(errors="replace").strip()[-LOG_TAIL_BYTES:]
             raise BackendError(f"`{' '.join(argv[:3])} …` failed (status {process.returncode}): {message}")

@@ -22,7 +22,7 @@ import math
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -36,6 +36,7 @@ from origin.placement import Forecast, InvalidForecast
 # regions, so 100,000 rows is ample and still bounds a runaway predictor.
 MAX_FORECAST_ROWS: Final = 100_000
 MAX_FORECAST_BYTES: Final = 32 * 1024 * 1024
+_READ_CHUNK: Final = 64 * 1024
 
 
 class ForecastUnavailable(ServerError):
@@ -56,11 +57,7 @@ def parse_forecast(doc: Any) -> Forecast:
     if not isinstance(generated_at, str) or parse_time(generated_at) is None:
         raise InvalidForecast(f"generated_at must be an RFC 3339 time, got {generated_at!r}")
     horizon = doc.get("horizon_s")
-    if (
-        isinstance(horizon, bool)
-        or not isinstance(horizon, int | float)
-        or not (math.isfinite(horizon) and horizon > 0)
-    ):
+    if not _finite_number(horizon) or not horizon > 0:
         raise InvalidForecast(f"horizon_s must be a number of seconds > 0, got {horizon!r}")
     rows = doc.get("forecast")
     if not isinstance(rows, list):
@@ -75,15 +72,26 @@ def parse_forecast(doc: Any) -> Forecast:
         region, event_id, rate = row.get("region"), row.get("event_id"), row.get("requests_per_s")
         if region not in REGIONS:
             raise InvalidForecast(f"{where}.region: {region!r} is not a region (known: {', '.join(REGIONS)})")
-        if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
-            raise InvalidForecast(f"{where}.event_id must be an id of 1 to {MAX_ID_LENGTH} characters")
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not (math.isfinite(rate) and rate >= 0):
+        # The ids the shard map accepts (origin.metadata): one it refused would stop every publish.
+        if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH or not event_id.isprintable():
+            raise InvalidForecast(f"{where}.event_id must be a printable id of 1 to {MAX_ID_LENGTH} characters")
+        if not _finite_number(rate) or not rate >= 0:
             raise InvalidForecast(f"{where}.requests_per_s must be a finite number ≥ 0, got {rate!r}")
         per_region = demand.setdefault(region, {})
         if event_id in per_region:
             raise InvalidForecast(f"{where}: ({region}, {event_id}) appears twice")
         per_region[event_id] = float(rate)
     return MappingProxyType({region: MappingProxyType(rates) for region, rates in demand.items()})
+
+
+def _finite_number(value: Any) -> TypeGuard[int | float]:
+    """A JSON number that is a finite float: an integer too large for a float is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # math.isfinite converts an int to a float first
+        return False
 
 
 async def read_forecast(source: str, session: aiohttp.ClientSession, time_limit: float) -> Forecast:
@@ -96,7 +104,15 @@ async def read_forecast(source: str, session: aiohttp.ClientSession, time_limit:
             async with session.get(source, timeout=aiohttp.ClientTimeout(total=time_limit)) as response:
                 if response.status != 200:
                     raise ForecastUnavailable(f"GET {source} answered {response.status}")
-                raw = await response.content.read(MAX_FORECAST_BYTES + 1)
+                # StreamReader.read(n) returns what has arrived so far, not n bytes: read to the end.
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.content.iter_chunked(_READ_CHUNK):
+                    size += len(chunk)
+                    if size > MAX_FORECAST_BYTES:
+                        raise InvalidForecast(f"the forecast from {source} is larger than {MAX_FORECAST_BYTES} bytes")
+                    chunks.append(chunk)
+                raw = b"".join(chunks)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ForecastUnavailable(f"GET {source} failed: {exc or type(exc).__name__}") from exc
     else:
@@ -108,7 +124,8 @@ async def read_forecast(source: str, session: aiohttp.ClientSession, time_limit:
         raise InvalidForecast(f"the forecast from {source} is larger than {MAX_FORECAST_BYTES} bytes")
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError also covers integers past int()'s digit limit; RecursionError, nesting too deep.
+    except (ValueError, RecursionError) as exc:
         raise InvalidForecast(f"the forecast from {source} is not JSON: {exc}") from None
     return parse_forecast(doc)
 

@@ -14,7 +14,8 @@ Every ``interval`` the manager runs one round:
    running (new ones, and ones that crashed);
 5. PUT the shard map to the origin (every round: an unchanged map keeps its
    version, and a restarted origin gets it back), then stop every running
-   shard that is no longer placed, so POPs have stopped routing to it first.
+   shard that is no longer placed, so POPs have stopped routing to it first
+   (when the PUT fails, they are stopped in a later round that publishes).
 
 Health has hysteresis like placement (rules H1–H6): a shard becomes unhealthy
 after ``unhealthy_after`` consecutive failed checks and healthy again after
@@ -281,8 +282,10 @@ class ShardManager:
         if forecast is not None:
             regional = {region: rates for region, rates in forecast.items() if region in self.config.secondary_region}
             decided = plan(regional, before, self.config, now, self.health.unhealthy())
+            # Kept only once saved: a round that cannot save leaves the placement (and what the
+            # next round reports as created) as it was.
+            await asyncio.to_thread(save_placement, self.state_path, decided.placement)
             self.placement = decided.placement
-            await asyncio.to_thread(save_placement, self.state_path, self.placement)
             for new in decided.create:
                 log.info("created shard %s in %s for %d event(s): %s", new.shard_id, new.region, len(new.events),
                          _ids(new.events))  # fmt: skip
@@ -300,7 +303,8 @@ class ShardManager:
         restarted = await self._start_missing(running, set(created), errors)
         published = await self._publish(errors)
         placed_ids = {shard.shard_id for shard in self.placement.shards}
-        for shard_id in sorted(set(running) - placed_ids):
+        # Stop only once the origin holds a map without them: until then POPs may still route there.
+        for shard_id in sorted(set(running) - placed_ids) if published is not None else ():
             try:
                 await self.backend.stop(shard_id)
             except BackendError as exc:
@@ -409,8 +413,11 @@ class ShardManager:
                     raise _PublishFailed(
                         f"PUT {target} answered {response.status}: {body[:500].decode(errors='replace')}"
                     )
-                version = json.loads(body)["version"]
-        except (aiohttp.ClientError, TimeoutError, _PublishFailed, ValueError, KeyError) as exc:
+                answer = json.loads(body)
+                version = answer.get("version") if isinstance(answer, dict) else None
+                if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+                    raise _PublishFailed(f"PUT {target} answered no version: {body[:200].decode(errors='replace')}")
+        except (aiohttp.ClientError, TimeoutError, _PublishFailed, ValueError, RecursionError) as exc:
             message = str(exc) or type(exc).__name__
             log.warning("shard map not published: %s; retrying next round", message)
             errors.append(f"publish: {message}")
@@ -418,7 +425,7 @@ class ShardManager:
             return None
         self.metrics.publishes.inc("ok")
         self.metrics.map_version.set(version)
-        return int(version)
+        return version
 
     def _backend_failed(self, operation: str, exc: BackendError, errors: list[str]) -> None:
         log.error("backend %s %s failed: %s", self.backend.name, operation, exc.message)

@@ -189,11 +189,12 @@ def _check_route(event_id: str, region: str, raw: Any, shards: Mapping[str, Any]
     if not isinstance(raw, list) or not raw or raw[-1] != ORIGIN:
         raise InvalidShardMap(f"{where} must be a list of shard ids ending with {ORIGIN!r}")
     route = raw[:-1]
+    for shard_id in route:  # before set(route): a list or an object in a route is unhashable
+        if not isinstance(shard_id, str) or (shard_id not in shards and shard_id != ORIGIN):
+            raise InvalidShardMap(f"{where} names {shard_id!r}, which is not in shards")
     if len(route) != len(set(route)) or ORIGIN in route:
         raise InvalidShardMap(f"{where} names a shard twice")
     for shard_id in route:
-        if not isinstance(shard_id, str) or shard_id not in shards:
-            raise InvalidShardMap(f"{where} names {shard_id!r}, which is not in shards")
         if event_id not in shards[shard_id]["events"]:
             raise InvalidShardMap(f"{where} routes to {shard_id!r}, which does not mirror {event_id!r}")
     return [*route, ORIGIN]
@@ -205,9 +206,14 @@ def _check_id(value: Any, where: str) -> None:
 
 
 def _check_url(value: Any, where: str) -> str:
-    if not isinstance(value, str) or len(value) > MAX_URL_LENGTH:
+    # Printable only: urlsplit drops tabs and newlines silently, and POPs put the URL in requests.
+    if not isinstance(value, str) or len(value) > MAX_URL_LENGTH or not value.isprintable() or " " in value:
         raise InvalidShardMap(f"{where} must be an http(s) URL of at most {MAX_URL_LENGTH} characters")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in 0-65535
+    except ValueError as exc:
+        raise InvalidShardMap(f"{where} is not a URL ({exc}), got {value!r}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidShardMap(f"{where} must be an absolute http(s) URL, got {value!r}")
     return value.rstrip("/")
@@ -273,10 +279,15 @@ class ShardMapService:
 
     def authorized(self, header: str | None) -> bool:
         scheme, _, offered = (header or "").partition(" ")
+        try:
+            # aiohttp decodes header bytes that are not UTF-8 as surrogates: encode them back as they came.
+            offered_bytes = offered.strip().encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return False
         return (
             bool(self._token)
             and scheme.lower() == "bearer"
-            and hmac.compare_digest(offered.strip().encode(), self._token.encode())
+            and hmac.compare_digest(offered_bytes, self._token.encode())
         )
 
     async def replace(self, doc: Any, if_match: str | None = None) -> tuple[StoredMap, bool]:
@@ -364,8 +375,9 @@ async def _read_json(request: web.Request) -> Any:
         chunks.append(chunk)
     try:
         return json.loads(b"".join(chunks))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidShardMap(f"the body is not JSON: {exc}") from None
+    # ValueError also covers integers past int()'s digit limit; RecursionError, nesting too deep.
+    except (ValueError, RecursionError) as exc:
+        raise InvalidShardMap(f"the body is not JSON we accept: {exc}") from None
 
 
 class _TooLarge(ClientError):

@@ -150,6 +150,8 @@ class PublisherSettings:
                 raise SettingsError(f"publisher.{name}: must be a positive duration")
         if not math.isfinite(self.long_poll_wait) or not math.isfinite(self.backoff_max):
             raise SettingsError("publisher.long_poll_wait and backoff_max: must be finite")
+        if self.long_poll_wait < 0:  # the upstream answers a negative wait with 400, every request
+            raise SettingsError("publisher.long_poll_wait: must be 0 or more")
         if self.backoff_max < self.backoff_initial:
             raise SettingsError("publisher.backoff_max: must be at least backoff_initial")
         if not 0 <= self.port < 65536:
@@ -385,7 +387,7 @@ class StreamPublisher:
             raise UpstreamFeedError(f"{url.path} answered {status}: {_error_message(body) or reason or ''}"[:300])
         try:
             return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the interpreter goes
             raise UpstreamFeedError(f"{url.path} answered invalid JSON: {exc}") from None
 
     def _recovered(self) -> None:
@@ -432,7 +434,7 @@ async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
 def _error_message(body: bytes) -> str | None:
     try:
         message = json.loads(body)["error"]["message"]
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+    except (ValueError, RecursionError, KeyError, TypeError):
         return None
     return message if isinstance(message, str) else None
 
