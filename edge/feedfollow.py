@@ -197,7 +197,7 @@ def parse_batch(doc: object) -> FeedBatch:
         if isinstance(raw.get("hlc"), str):
             try:
                 hlc_wall = Stamp.decode(raw["hlc"]).wall_ms / 1000
-            except ValueError:
+            except (ValueError, OverflowError):  # OverflowError: a wall time too large for a float
                 hlc_wall = None
         records.append(FeedRecord(parse_position(raw.get("pos"), f"change {index} pos"), item_id, version,
                                   hlc_wall, patch))  # fmt: skip
@@ -440,7 +440,7 @@ class FeedFollower:
                 raise PeerError(f"{url.path} answered {response.status}: {message}"[:300])
         try:
             return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
             raise PeerError(f"{url.path} answered invalid JSON: {exc}") from None
 
     async def _read_bounded(self, response: aiohttp.ClientResponse) -> bytes:
@@ -511,6 +511,6 @@ def _error_message(body: bytes) -> str | None:
     try:
         doc = json.loads(body)
         message = doc["error"]["message"]
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+    except (ValueError, RecursionError, KeyError, TypeError):
         return None
     return message if isinstance(message, str) else None

@@ -142,6 +142,6 @@ def decode(raw: bytes) -> Blob | None:
             float(doc["response_time"]),
         )
         request_headers = Headers((str(name), str(value)) for name, value in doc["request_headers"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
     return Blob(stored, body, request_headers)

@@ -444,7 +444,7 @@ class Pop:
             return True
         try:
             doc = json.loads(entry.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             return True
         if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
             return True

@@ -416,8 +416,8 @@ class EdgeApp:
             ("edge_load", "Requests per second over the last 5 s", lambda: self.load),
             ("edge_prefetched_total", "Prefetch requests from known users", lambda: self.prefetch.prefetched),
             ("edge_prefetch_used_total", "Prefetched responses later used", lambda: self.prefetch.used),
-            ("edge_feed_lag_seconds", "Change-feed lag (upper bound)",
-             lambda: float("nan") if self.follower is None else (self.follower.status().lag_seconds or 0.0)),
+            ("edge_feed_lag_seconds", "Change-feed lag (upper bound; NaN: no feed, or never verified)",
+             self._feed_lag_seconds),
             ("edge_feed_lag_entries", "Redis Streams entries not yet delivered to this POP's group (XINFO GROUPS)",
              self._feed_lag_entries),
             ("edge_feed_resets_total", "Cache purges ordered by the change feed",
@@ -434,6 +434,11 @@ class EdgeApp:
         self.upstream_latency = m.histogram("edge_upstream_seconds", "Upstream response time", ("upstream", "outcome"))
         m.family("edge_responses_total", "Responses from the slow path by status", "counter", ("status",),
                  lambda: {(str(status),): count for status, count in stats.by_status.items()})  # fmt: skip
+
+    def _feed_lag_seconds(self) -> float:
+        # Unknown is NaN, not 0: a follower that never reached its feed must not look current.
+        lag = None if self.follower is None else self.follower.status().lag_seconds
+        return float("nan") if lag is None else lag
 
     def _feed_lag_entries(self) -> float:
         follower = self.follower
@@ -453,7 +458,7 @@ def _view(headers: Headers) -> CIMultiDictProxy[str]:
 def _json_body(request: ClientRequest) -> dict[str, Any]:
     try:
         body = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
         raise PeerError(f"body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise PeerError("body must be a JSON object")

@@ -1,11 +1,11 @@
 """Run one edge POP: upstream pool, cache, change-feed follower, shard map, HTTP server, graceful shutdown.
 
-The change feed is followed over HTTP (edge.feedfollow, the first upstream's
-`/v1/changes`) or through Redis Streams (edge.streamfollow, `feed = "redis"`).
-Each worker process has its own cache, so each needs every change: with more
-than one worker, each reads with a consumer group of its own
-(`pop:{pop}.w{n}`) rather than sharing `pop:{pop}`, where the entries would be
-split between them.
+The change feed is followed over HTTP (edge.feedfollow, `/v1/changes` of the
+upstream `feed_upstream` names) or through Redis Streams (edge.streamfollow,
+`feed = "redis"`). Each process has its own cache, so each needs every
+change: every process reads with a consumer group of its own
+(`pop:{pop}.{host}[.w{n}]`, see `feed_reader_id`), where a shared group would
+split the entries between them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
+import socket
 
 import aiohttp
 
@@ -65,14 +67,14 @@ def build(
         follower = StreamFollower(
             settings.feed_redis,
             settings.feed_source,
-            settings.pop if settings.workers == 1 else f"{settings.pop}.w{worker}",
+            feed_reader_id(settings.pop, settings.workers, worker),
             pop.on_item_changed,
             pop.on_feed_reset,
             options=StreamOptions(max_outage=settings.feed_max_outage),
         )
     elif settings.follow_feed:
         follower = FeedFollower(
-            settings.upstreams[0],
+            feed_upstream(settings),
             pop.on_item_changed,
             pop.on_feed_reset,
             options=FollowOptions(long_poll_wait=settings.feed_wait, max_outage=settings.feed_max_outage),
@@ -149,3 +151,29 @@ async def _tick(app: EdgeApp) -> None:
             gc.collect(1)
             gc.freeze()
         await asyncio.sleep(TICK_SECONDS)
+
+
+def feed_reader_id(pop_id: str, workers: int, worker: int) -> str:
+    """The name a process reads the Redis feed under: one consumer group per process.
+
+    A group splits its entries between its readers, and every process has a
+    cache of its own, so two processes sharing a group would each miss the
+    invalidations the other read. The host name tells replicas of one POP
+    apart (pods, a rolling update); the worker number tells apart the workers
+    of one process tree. Groups of replicas that are gone stay in Redis until
+    removed (XGROUP DESTROY); MAXLEN still bounds the stream.
+    """
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:63] or "host"
+    name = f"{pop_id}.{host}"
+    return name if workers == 1 else f"{name}.w{worker}"
+
+
+def feed_upstream(settings: EdgeSettings) -> str:
+    """Whose HTTP change feed the POP follows.
+
+    Without a shard map, the first upstream's: every read goes there first.
+    With a shard map, reads spread over several shards, and a shard's feed
+    carries only its own events, so the POP follows the last upstream, which
+    in failover order is the origin, whose feed carries every change.
+    """
+    return settings.upstreams[-1] if settings.shardmap_url else settings.upstreams[0]

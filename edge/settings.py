@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -40,7 +41,10 @@ class EdgeSettings:
     upstream_read_timeout: Seconds = setting(Seconds(5 * SECOND), "silence from an upstream mid-response")
     coalesce_timeout: Seconds = setting(Seconds(5 * SECOND), "how long a request waits for an identical miss")
     max_coalesced_waiters: int = setting(10_000, "requests that may wait on one miss")
-    follow_feed: bool = setting(True, "follow the first upstream's change feed and evict changed items")
+    follow_feed: bool = setting(
+        True,
+        "follow a change feed (the first upstream's; with a shard map the last, the origin) and evict changed items",
+    )
     feed_wait: Seconds = setting(Seconds(20 * SECOND), "long-poll wait on the change feed")
     feed: str = setting("http", "change feed transport: http (long-poll the first upstream) or redis (Streams)")
     feed_redis: str = setting("", "redis:// URL of the Redis Streams change feed (feed = redis)")
@@ -85,8 +89,8 @@ class EdgeSettings:
                 raise SettingsError(f"edge.{name}: must be at least 1")
         for name in ("keepalive_timeout", "request_timeout", "upstream_connect_timeout", "upstream_read_timeout",
                      "coalesce_timeout", "feed_wait", "feed_max_outage", "shardmap_interval"):  # fmt: skip
-            if not getattr(self, name) > 0:
-                raise SettingsError(f"edge.{name}: must be positive")
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):  # a TOML file can say inf
+                raise SettingsError(f"edge.{name}: must be a positive finite number of seconds")
         if self.shutdown_timeout < 0:
             raise SettingsError("edge.shutdown_timeout: must not be negative")
         if self.capacity <= 0:

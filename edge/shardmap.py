@@ -337,7 +337,7 @@ class ShardMapPoller:
             return False
         try:
             new = parse_shard_map(json.loads(body))
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
             self.rejected += 1
             self._note_error(f"shard map is not JSON, keeping version {self._version()}: {exc}")
             return False

@@ -170,7 +170,7 @@ def parse_login(body: bytes, content_type: str | None) -> str:
         raise PeerError(f"login body is larger than {MAX_LOGIN_BODY} bytes")
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
         raise PeerError(f"login body is not valid JSON: {exc}") from None
     user_id = document.get("user_id") if isinstance(document, dict) else None
     if not isinstance(user_id, str):

@@ -170,6 +170,10 @@ def parse_entry(entry_id: str, fields: Mapping[str, str]) -> StreamEntry:
     for name, value in fields.items():
         if len(value) > MAX_FIELD_CHARS:
             raise PeerError(f"entry {entry_id}: field {name[:40]!r} is over {MAX_FIELD_CHARS} characters")
+        try:
+            value.encode()  # the client decodes with surrogateescape: bytes that were not UTF-8 fail here
+        except UnicodeEncodeError:
+            raise PeerError(f"entry {entry_id}: field {name[:40]!r} is not UTF-8") from None
     op = fields.get("op")
     if not isinstance(op, str) or not op:
         raise PeerError(f"entry {entry_id} has no op")
@@ -179,7 +183,7 @@ def parse_entry(entry_id: str, fields: Mapping[str, str]) -> StreamEntry:
     if hlc:
         try:
             hlc_wall = Stamp.decode(hlc).wall_ms / 1000
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: a wall time too large for a float
             hlc_wall = None
     if op == RESET_OP:
         return StreamEntry(entry_id, pos, op, "", 0, hlc_wall, {})
@@ -191,7 +195,7 @@ def parse_entry(entry_id: str, fields: Mapping[str, str]) -> StreamEntry:
         raise PeerError(f"entry {entry_id} ({item_id}) has no decimal version")
     try:
         patch = json.loads(fields.get("patch", ""))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
         raise PeerError(f"entry {entry_id} ({item_id}) has a patch that is not JSON: {exc}") from None
     if not isinstance(patch, dict):
         raise PeerError(f"entry {entry_id} ({item_id}) has a patch that is not an object")
@@ -453,6 +457,9 @@ class StreamFollower:
         client = redis_asyncio.Redis.from_url(
             self.redis_url,
             decode_responses=True,
+            # Entries are peer data: bytes that are not UTF-8 must reach parse_entry (which refuses them)
+            # rather than raise UnicodeDecodeError out of the read and stop the follower on every retry.
+            encoding_errors="surrogateescape",
             socket_timeout=options.block + options.socket_margin,
             socket_connect_timeout=options.connect_timeout,
         )
@@ -614,7 +621,10 @@ class StreamFollower:
                 if entry.is_reset or verdict.apply:
                     self._last = entry.pos
                     if entry.hlc_wall is not None:
-                        self._verified_at = max(self._verified_at or entry.hlc_wall, entry.hlc_wall)
+                        # Never past our own clock: one stamp from a publisher whose clock runs ahead would
+                        # otherwise hold the lag figure at 0 through any later outage.
+                        stamped = min(entry.hlc_wall, self._physical_time())
+                        self._verified_at = max(self._verified_at or stamped, stamped)
                 done.append(entry_id)
         finally:
             if done:

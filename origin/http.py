@@ -3,7 +3,10 @@
 Handlers parse and bound their input, call the store or ledger, and render
 JSON. With the shard role (origin.shard) the same routes serve the shard's
 copy: reads answer 503 + Retry-After until it is bootstrapped and within its
-lag bound, and holds and orders are forwarded to the upstream.
+lag bound. Holds on items the shard holds a lease or allotment of are taken
+locally and become orders through fenced sale reports (origin.shardsales);
+every other hold and order is forwarded to the upstream. The primary serves
+the lease API (origin.leasing) and sweeps lapsed allotments back.
 
 Every error leaves as ``{"error": {"status", "code", "message"}}`` with the
 right status, including aiohttp's own (404 for unknown routes, 405, 413).
@@ -28,11 +31,14 @@ from ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ops.metrics import Registry
 from origin.changefeed import Position, check_since
 from origin.errors import BadRequest, NotFound, OriginError, PositionGone
+from origin.leasing import SWEEP_BATCH as LEASE_SWEEP_BATCH
+from origin.leasing import Leasing, add_lease_routes
 from origin.ledger import Ledger, check_idempotency_key, parse_hold_request, parse_order_request
 from origin.metadata import ShardMapService, add_shardmap_routes
 from origin.model import Event
 from origin.settings import OriginSettings
 from origin.shard import Shard, ShardNotReady, forward_write
+from origin.shardsales import ShardSales, add_sales_routes
 from origin.store.base import MAX_CHANGE_BATCH, MAX_PAGE_ROWS, Store
 from origin.validators import http_date, is_not_modified, item_etag
 
@@ -77,6 +83,8 @@ class Origin:
     started_at: float = field(default_factory=time.monotonic)
     shard: Shard | None = None  # set with the shard role
     shard_map: ShardMapService | None = None  # set with the primary role: GET/PUT /v1/shardmap
+    leasing: Leasing | None = None  # set with the primary role: /v1/leases
+    sales: ShardSales | None = None  # set with the shard role: local holds within leases
 
 
 ORIGIN: Final = web.AppKey("origin", Origin)
@@ -101,10 +109,16 @@ def create_app(origin: Origin, *, background: bool = True) -> web.Application:
     app.router.add_get("/metrics", get_metrics)
     if origin.shard_map is not None:
         add_shardmap_routes(app, origin.shard_map)
+    if origin.leasing is not None:
+        add_lease_routes(app, origin.leasing)
+    if origin.sales is not None:
+        add_sales_routes(app, origin.sales)
     if background:
         app.cleanup_ctx.append(_background_tasks)
         if origin.shard is not None:
             app.cleanup_ctx.append(_shard_follower)
+        if origin.sales is not None:
+            app.cleanup_ctx.append(_lease_loop)
     return app
 
 
@@ -161,8 +175,12 @@ async def list_events(request: web.Request) -> web.StreamResponse:
 
 
 async def get_hold(request: web.Request) -> web.StreamResponse:
-    shard = request.app[ORIGIN].shard
+    origin = request.app[ORIGIN]
+    shard = origin.shard
     if shard is not None:
+        local = None if origin.sales is None else origin.sales.hold_document(_path_id(request, "hold_id"))
+        if local is not None:
+            return _json(local, headers={"Cache-Control": NO_STORE})
         return await forward_write(shard, request, b"")
     hold = await request.app[ORIGIN].store.hold(_path_id(request, "hold_id"))
     if hold is None:
@@ -186,7 +204,7 @@ async def get_order(request: web.Request) -> web.StreamResponse:
 async def post_hold(request: web.Request) -> web.StreamResponse:
     origin = request.app[ORIGIN]
     if origin.shard is not None:
-        return await forward_write(origin.shard, request, await request.read())
+        return await _shard_hold(origin, origin.shard, request)
     hold_request = parse_hold_request(await _json_body(request), origin.ledger.limits)
     key = check_idempotency_key(request.headers.get("Idempotency-Key"))
     try:
@@ -204,7 +222,7 @@ async def post_hold(request: web.Request) -> web.StreamResponse:
 async def post_order(request: web.Request) -> web.StreamResponse:
     origin = request.app[ORIGIN]
     if origin.shard is not None:
-        return await forward_write(origin.shard, request, await request.read())
+        return await _shard_order(origin, origin.shard, request)
     hold_id = parse_order_request(await _json_body(request))
     key = check_idempotency_key(request.headers.get("Idempotency-Key"))
     try:
@@ -217,6 +235,39 @@ async def post_order(request: web.Request) -> web.StreamResponse:
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
     return _json(result.body, status=result.status, headers=headers)
+
+
+async def _shard_hold(origin: Origin, shard: Shard, request: web.Request) -> web.StreamResponse:
+    """A hold on a shard: local within a lease or allotment, else forwarded to the owner."""
+    raw = await request.read()
+    if origin.sales is not None and origin.sales.escrows:
+        hold_request = parse_hold_request(await _json_body(request), origin.ledger.limits)
+        body = origin.sales.place_hold(hold_request)
+        if body is not None:
+            origin.metrics.holds.inc("local")
+            headers = {"Cache-Control": NO_STORE, "Location": f"/v1/holds/{body['hold']['id']}"}
+            return _json(body, status=201, headers=headers)
+    return await forward_write(shard, request, raw)
+
+
+async def _shard_order(origin: Origin, shard: Shard, request: web.Request) -> web.StreamResponse:
+    """An order on a shard: a fenced sale report for a local hold, else forwarded to the owner."""
+    raw = await request.read()
+    if origin.sales is not None:
+        hold_id = parse_order_request(await _json_body(request))
+        try:
+            answer = await origin.sales.place_order(hold_id)
+        except OriginError as exc:
+            origin.metrics.orders.inc(exc.code)
+            raise
+        if answer is not None:
+            body, replayed = answer
+            origin.metrics.orders.inc("replayed" if replayed else "reported")
+            headers = {"Cache-Control": NO_STORE, "Location": f"/v1/orders/{body['order']['id']}"}
+            if replayed:
+                headers["Idempotent-Replayed"] = "true"
+            return _json(body, status=201, headers=headers)
+    return await forward_write(shard, request, raw)
 
 
 # Change feed ---------------------------------------------------------------
@@ -302,6 +353,8 @@ async def get_health(request: web.Request) -> web.StreamResponse:
     if origin.shard is not None:
         # 503 while reads are refused, so readiness probes and POPs route around it.
         doc.update(origin.shard.health())
+        if origin.sales is not None:
+            doc["sales"] = origin.sales.health()
         doc["status"] = "ok" if doc["serving"] else "degraded"
         return _json(doc, status=200 if doc["serving"] else 503, headers={"Cache-Control": NO_STORE})
     return _json(doc, headers={"Cache-Control": NO_STORE})
@@ -479,6 +532,18 @@ async def _shard_follower(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def _lease_loop(app: web.Application) -> AsyncIterator[None]:
+    """Run the shard's lease loop (restart, renew, refill, return) for the life of the app."""
+    sales = app[ORIGIN].sales
+    assert sales is not None
+    task = asyncio.create_task(sales.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def _head_watch_wait(store: Store, seconds: float) -> None:
     watch = getattr(store, "head_watch", None)
     if watch is None:
@@ -494,6 +559,13 @@ async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(_every(origin.settings.hold_sweep_interval, lambda: _sweep(origin), "hold sweeper")),
         asyncio.create_task(_every(origin.settings.prune_interval, lambda: _prune(origin), "feed pruner")),
     ]
+    if origin.leasing is not None:
+        leasing = origin.leasing
+        tasks.append(
+            asyncio.create_task(
+                _every(origin.settings.lease_sweep_interval, lambda: _sweep_leases(leasing), "lease sweeper")
+            )
+        )
     try:
         yield
     finally:
@@ -518,6 +590,12 @@ async def _sweep(origin: Origin) -> None:
     if released:
         origin.metrics.expired.inc(amount=released)
         log.info("released %d expired hold(s)", released)
+
+
+async def _sweep_leases(leasing: Leasing) -> None:
+    ended = await leasing.expire_lapsed(LEASE_SWEEP_BATCH)
+    if ended:
+        log.info("took back %d lapsed allotment(s)", ended)
 
 
 async def _prune(origin: Origin) -> None:

@@ -4,6 +4,12 @@ These functions never touch storage. A backend locks the item row, calls them
 with the current item, and writes the returned item in the same transaction, so
 the decision and the write are atomic and two buyers can never get the same
 unit. Seated blocks sell named seats; general-admission pools sell a count.
+
+Stock a shard holds (origin.lease) stays in the item's ``available`` count —
+readers see everything somebody may still sell — but the origin's own holds
+may only take what is not allotted: ``available − allotted`` units of a GA
+pool, and nothing of a seated block while it is leased (409 ``leased``; the
+buyer goes to the shard that owns it, which the shard map names).
 """
 
 from __future__ import annotations
@@ -13,12 +19,19 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Final
 
-from origin.errors import BadRequest, InsufficientStock, StoredDataError
+from origin.errors import BadRequest, ClientError, InsufficientStock, StoredDataError
 from origin.model import GENERAL_ADMISSION, Item
 
 # Box offices cap tickets per transaction (commonly 4–10) to slow scalpers;
 # this is the hard ceiling, the configured limit may be lower.
 MAX_QTY_PER_HOLD: Final = 50
+
+
+class ItemLeased(ClientError):
+    """A seated block is leased whole to a shard: the origin takes no hold on it until the lease ends."""
+
+    status = 409
+    code = "leased"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -34,23 +47,31 @@ def take(
     *,
     hlc: str,
     now: datetime,
+    allotted: int = 0,
+    leased: bool = False,
 ) -> Taken:
     """Take `qty` units of `item` for a hold.
 
     For a seated block, `requested_seats` names the seats wanted (all or none
     are taken); without it the first contiguous run of free seats is chosen, or
-    else the lowest free seats. Raises InsufficientStock when the stock is not
-    there and BadRequest for a request that can never succeed on this item.
+    else the lowest free seats. `allotted` is how many of the available units
+    shards hold and `leased` whether any shard holds stock of the item. Raises
+    InsufficientStock when the stock is not there, ItemLeased for a leased
+    seated block, and BadRequest for a request that can never succeed on this item.
     """
     if qty < 1:  # parse_hold_request refuses it too; a zero-seat run would crash _choose_seats
         raise BadRequest(f"qty must be at least 1, got {qty}")
     if item.kind == GENERAL_ADMISSION:
         if requested_seats:
             raise BadRequest(f"item {item.id} is general admission: do not name seats")
-        if qty > item.available:
-            raise InsufficientStock(f"item {item.id} has {item.available} left, {qty} asked")
+        if qty > item.available - allotted:
+            raise InsufficientStock(
+                f"item {item.id} has {item.available - allotted} left here ({allotted} more with shards), {qty} asked"
+            )
         return Taken(_bump(item, available=item.available - qty, hlc=hlc, now=now), ())
 
+    if leased:
+        raise ItemLeased(f"item {item.id} is leased to a shard: hold its seats there")
     if requested_seats is not None:
         seats = tuple(requested_seats)
         if len(seats) != qty or len(set(seats)) != qty:
@@ -89,6 +110,23 @@ def give_back(item: Item, qty: int, seats: Sequence[str], *, hlc: str, now: date
         raise StoredDataError(f"seats {sorted(returned)} were not held from item {item.id}")
     free = returned | set(item.available_seats)
     remaining = tuple(seat for seat in item.seats if seat in free)
+    return _bump(item, available=len(remaining), available_seats=remaining, hlc=hlc, now=now)
+
+
+def sell_leased(item: Item, qty: int, seats: Sequence[str], *, hlc: str, now: datetime) -> Item:
+    """`item` after a shard sold `qty` units (the named `seats` of a seated block) from its allotment.
+
+    The caller (origin.leasing) checked the allotment; this only keeps the row
+    consistent. Raises StoredDataError when the units are not in the row.
+    """
+    if item.kind == GENERAL_ADMISSION:
+        if seats or not 1 <= qty <= item.available:
+            raise StoredDataError(f"item {item.id} cannot record a sale of {qty}: {item.available} available")
+        return _bump(item, available=item.available - qty, hlc=hlc, now=now)
+    sold = set(seats)
+    if len(sold) != qty or not sold <= set(item.available_seats):
+        raise StoredDataError(f"seats {sorted(sold)} of item {item.id} are not available to record a sale")
+    remaining = tuple(seat for seat in item.available_seats if seat not in sold)
     return _bump(item, available=len(remaining), available_seats=remaining, hlc=hlc, now=now)
 
 

@@ -17,6 +17,9 @@ records last (see ``origin.store.base`` for why last). Hold lifecycle:
 Writes may carry an Idempotency-Key: the first request's response is stored
 in the same transaction as its effect, so a retry replays it and never buys
 twice; the same key with a different body is refused (422).
+
+Stock leased or escrowed to shards (origin.leasing) is read from the item's
+lease book under the same row lock: a hold takes only units no shard holds.
 """
 
 from __future__ import annotations
@@ -136,6 +139,10 @@ class Ledger:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._physical_time(), UTC)
 
+    @property
+    def physical_time(self) -> Callable[[], float]:
+        return self._physical_time
+
     async def place_hold(self, request: HoldRequest, idempotency_key: str | None) -> WriteResult:
         """Take stock for a hold. Raises NotFound, InsufficientStock, BadRequest, IdempotencyKeyReused."""
         now = self._now()
@@ -148,8 +155,17 @@ class Ledger:
             item = await tx.item_for_update(request.item_id)
             if item is None:
                 raise NotFound(f"no item {request.item_id}")
-            stamp = self._stamp_after(item.hlc)
-            taken = inventory.take(item, request.qty, request.seats, hlc=stamp, now=now)
+            _, allotments = await tx.lease_state(item.id)
+            stamp = self.stamp_after(item.hlc)
+            taken = inventory.take(
+                item,
+                request.qty,
+                request.seats,
+                hlc=stamp,
+                now=now,
+                allotted=sum(held.units for held in allotments),
+                leased=bool(allotments),
+            )
             hold = Hold(
                 id=f"hld-{secrets.token_hex(8)}",
                 item_id=item.id,
@@ -165,7 +181,7 @@ class Ledger:
             result = WriteResult(201, {"hold": hold.to_document(), "item": taken.item.to_document()})
             if idempotency_key is not None:
                 await tx.complete_idempotency_key(f"holds:{idempotency_key}", result.status, result.body)
-            await self._write_item(tx, item, taken.item, now)
+            await self.write_item(tx, item, taken.item, now)
         return result
 
     async def place_order(self, hold_id: str, idempotency_key: str | None) -> WriteResult:
@@ -240,10 +256,10 @@ class Ledger:
         item = await tx.item_for_update(hold.item_id)
         if item is None:
             return
-        returned = inventory.give_back(item, hold.qty, hold.seats, hlc=self._stamp_after(item.hlc), now=now)
-        await self._write_item(tx, item, returned, now)
+        returned = inventory.give_back(item, hold.qty, hold.seats, hlc=self.stamp_after(item.hlc), now=now)
+        await self.write_item(tx, item, returned, now)
 
-    def _stamp_after(self, previous: str) -> str:
+    def stamp_after(self, previous: str) -> str:
         """A stamp above our clock and the item's stored stamp.
 
         A restarted origin's clock starts again from its physical time, which
@@ -256,7 +272,8 @@ class Ledger:
                 stamp = self._clock.observe(prior)
         return stamp.encode()
 
-    async def _write_item(self, tx: Transaction, old: Item, new: Item, now: datetime) -> None:
+    async def write_item(self, tx: Transaction, old: Item, new: Item, now: datetime) -> None:
+        """Write `new` over `old` and append its change record (call it last in the transaction)."""
         await tx.put_item(new)
         patch = item_patch(old.to_document(), new.to_document())
         await tx.append_change(new.id, new.version, new.hlc, OP_UPSERT, patch, now)

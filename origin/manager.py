@@ -34,7 +34,10 @@ H5    unhealthy, passes, count < recover   unhealthy; pass count + 1
 H6    unhealthy, passes, count = recover   healthy (logged)
 ====  ===================================  ===========================================
 
-A check passes when ``/v1/health`` answers 200 with ``"status": "ok"``: a shard
+A check passes when ``/v1/health`` answers 200 with ``"status": "ok"`` and,
+when the answer lists the shard's loaded ``events``, every event placed on it
+is among them (a shard that has not yet read the new map or bootstrapped an
+added event would answer 404 for it); a shard
 answers ``"degraded"`` while it bootstraps or lags beyond its bound, and its
 reads answer 503 then. A shard (re)started by the backend is unhealthy until
 its first pass (H0; it is checked once right after starting, and every round
@@ -355,6 +358,9 @@ class ShardManager:
             status = doc.get("status") if isinstance(doc, dict) else None
             if status != "ok":
                 return shard_id, False, f"{HEALTH_PATH} says {status!r}"
+            missing = _not_loaded(doc, self.placement.shard(shard_id))
+            if missing:
+                return shard_id, False, f"has not loaded {len(missing)} placed event(s) yet, e.g. {missing[0]}"
             return shard_id, True, ""
 
         for shard_id, passed, error in await asyncio.gather(*(check(shard_id) for shard_id in placed)):
@@ -470,3 +476,12 @@ async def _get_health(request: web.Request) -> web.StreamResponse:
 
 def _ids(ids: frozenset[str]) -> str:
     return ", ".join(sorted(ids)) or "-"
+
+
+def _not_loaded(doc: dict[str, Any], placed: ShardPlacement | None) -> list[str]:
+    """Placed events the shard's health answer does not list as loaded (none when it lists no events)."""
+    loaded = doc.get("events")
+    if placed is None or not isinstance(loaded, list):
+        return []
+    have = {event for event in loaded if isinstance(event, str)}
+    return sorted(placed.events - have)

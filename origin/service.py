@@ -2,7 +2,8 @@
 
 With ``role = "shard"`` the same process serves a regional shard: its own store
 (own epoch, own change feed) filled and kept current by origin.shard from the
-``upstream`` URL.
+``upstream`` URL, and local holds within the leases origin.shardsales asks for.
+The primary serves the lease API (origin.leasing).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,13 @@ from ops.runtime import until_signalled
 from origin.catalog import build_catalog, summarize
 from origin.hlc import HybridClock
 from origin.http import Origin, OriginMetrics, create_app
+from origin.lease import LeasePolicy
+from origin.leasing import Leasing
 from origin.ledger import Ledger
 from origin.metadata import ShardMapService
 from origin.settings import OriginSettings
 from origin.shard import Shard, ShardMetrics, upstream_session
+from origin.shardsales import ShardSales
 from origin.store.base import Store
 from origin.store.factory import store_from_url
 
@@ -77,13 +81,35 @@ async def build_origin(settings: OriginSettings, store: Store, stack: contextlib
     metrics = OriginMetrics()
     shard = None
     shard_map = None
+    leasing = None
+    sales = None
     if settings.role == "shard":
         session = await stack.enter_async_context(upstream_session())
         shard = Shard(settings, store, session, ShardMetrics(metrics.registry))
+        if settings.shard_token:  # without the token the primary refuses every lease call
+            sales = ShardSales(settings, store, session)
     else:
         shard_map = ShardMapService(_shardmap_path(settings), _public_url(settings), settings.shardmap_token, time.time)
         shard_map.load()
-    return Origin(settings, store, ledger, time.time, metrics=metrics, shard=shard, shard_map=shard_map)
+        leasing = Leasing(store, ledger, lease_policy(settings), settings.shard_token)
+    return Origin(
+        settings,
+        store,
+        ledger,
+        time.time,
+        metrics=metrics,
+        shard=shard,
+        shard_map=shard_map,
+        leasing=leasing,
+        sales=sales,
+    )
+
+
+def lease_policy(settings: OriginSettings) -> LeasePolicy:
+    return LeasePolicy(
+        lease_duration=timedelta(seconds=settings.lease_duration),
+        clock_skew_margin=timedelta(seconds=settings.clock_skew_margin),
+    )
 
 
 def _shardmap_path(settings: OriginSettings) -> Path:

@@ -66,6 +66,24 @@ class OriginSettings:
     )
     shardmap_file: str = setting("", "primary: where the shard map is kept (empty: DATA_DIR/shardmap.json or var/)")
     public_url: str = setting("", "primary: its URL as shards and POPs reach it (empty: http://HOST:PORT)")
+    shard_token: str = setting(
+        "", "bearer token of the lease API: the primary requires it, a shard sends it (empty: leases refused)"
+    )
+    lease_duration: Seconds = setting(Seconds(30 * SECOND), "primary: how long a grant or renewal lasts")
+    clock_skew_margin: Seconds = setting(
+        Seconds(2 * SECOND), "primary: a lapsed allotment stays frozen this long before it is taken back"
+    )
+    lease_sweep_interval: Seconds = setting(Seconds(1 * SECOND), "primary: how often lapsed allotments are taken back")
+    lease_items: tuple[str, ...] = setting((), "shard role: item ids to ask the primary for leases or allotments of")
+    lease_units: int = setting(40, "shard role: general-admission units asked for in a first grant")
+    lease_tick: Seconds = setting(Seconds(1 * SECOND), "shard role: how often leases are renewed, refilled, returned")
+    lease_safety_margin: Seconds = setting(
+        Seconds(5 * SECOND), "shard role: stop holding and reporting sales this long before a lease expires"
+    )
+    lease_renew_before: Seconds = setting(Seconds(20 * SECOND), "shard role: renew a lease with this much left")
+    lease_low_watermark: int = setting(10, "shard role: ask for a refill with fewer free GA units than this")
+    lease_refill_units: int = setting(40, "shard role: GA units asked for in one refill")
+    lease_high_watermark: int = setting(120, "shard role: give back free GA units above this")
     log_level: str = setting("info", "debug, info, warning or error")
 
     def validate(self) -> None:
@@ -97,6 +115,8 @@ class OriginSettings:
             self._validate_shard()
         if self.max_body < 256:
             raise SettingsError("origin.max_body: must be at least 256 bytes")
+        if self.lease_duration <= 0 or self.clock_skew_margin < 0 or self.lease_sweep_interval <= 0:
+            raise SettingsError("origin.lease_duration: lease_duration and lease_sweep_interval must be positive")
 
     def _validate_shard(self) -> None:
         if not self.upstream.startswith(("http://", "https://")):
@@ -118,6 +138,16 @@ class OriginSettings:
             )
         if self.seed_demo:
             raise SettingsError("origin.seed_demo: a shard copies its upstream; it is never seeded")
+        if self.lease_items and not self.shard_id:
+            raise SettingsError("origin.shard_id: a shard that asks for leases needs --shard-id")
+        if self.lease_items and not self.shard_token:
+            raise SettingsError("origin.shard_token: a shard that asks for leases needs the primary's shard token")
+        if self.lease_tick <= 0 or self.lease_units < 1 or self.lease_refill_units < 1:
+            raise SettingsError("origin.lease_tick: lease_tick, lease_units and lease_refill_units must be positive")
+        if not 0 <= self.lease_low_watermark <= self.lease_high_watermark:
+            raise SettingsError("origin.lease_low_watermark: need 0 ≤ lease_low_watermark ≤ lease_high_watermark")
+        if not 0 <= self.lease_safety_margin < self.lease_renew_before:
+            raise SettingsError("origin.lease_renew_before: must exceed lease_safety_margin, or leases lapse")
 
     def database_url(self) -> str:
         """The database to open: ``database``, or the SQLite file inside ``data_dir``."""

@@ -19,6 +19,12 @@ transactions: ``put_replica_item``/``delete_item`` change its copy of a row
 ``append_change`` records what it applied in its *own* feed, and
 ``set_checkpoint`` moves its position in the upstream's feed, all committed
 together, so a crash never leaves rows and checkpoint disagreeing.
+
+Leases (origin.leasing) keep an item's lease book beside its row: the last
+epoch issued and one :class:`StoredAllotment` per shard holding stock. They are
+read and written only after ``item_for_update`` locked the item, so the item
+row's lock serialises every change to its book, and the book is written in the
+same transaction as the item row it splits.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import json
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from origin.changefeed import ChangeOp, ChangeRecord, Position
@@ -71,6 +77,31 @@ class SnapshotPage:
     next_after: str | None  # pass as `after` for the next page; None on the last page
 
 
+@dataclass(frozen=True, slots=True)
+class StoredAllotment:
+    """One shard's share of an item's stock, as the origin records it (origin.lease.Allotment + seats)."""
+
+    item_id: str
+    shard: str
+    epoch: int
+    units: int  # unsold units the shard may sell
+    seats: tuple[str, ...]  # a leased seated block: its unsold seats; empty for GA
+    expires_at: datetime  # by the origin's clock, millisecond precision
+
+
+def allotment_row(row: Sequence[Any]) -> StoredAllotment:
+    """Decode (item_id, shard, epoch, units, seats JSON, expires_ms)."""
+    item_id, shard, epoch, units, seats, expires_ms = row
+    try:
+        labels = json.loads(seats)
+    except ValueError as exc:
+        raise StoredDataError(f"allotment of {item_id} to {shard}: seats do not parse: {exc}") from exc
+    if not isinstance(labels, list) or not all(isinstance(seat, str) for seat in labels):
+        raise StoredDataError(f"allotment of {item_id} to {shard}: seats are not a list of labels")
+    expires_at = datetime.fromtimestamp(int(expires_ms) / 1000, UTC)
+    return StoredAllotment(str(item_id), str(shard), int(epoch), int(units), tuple(labels), expires_at)
+
+
 class Transaction(abc.ABC):
     """One write transaction. Methods raise ServerError subclasses only."""
 
@@ -101,6 +132,15 @@ class Transaction(abc.ABC):
 
     @abc.abstractmethod
     async def complete_idempotency_key(self, scope: str, status: int, body: dict[str, Any]) -> None: ...
+
+    # Lease books (origin.leasing); call after item_for_update locked the item
+    @abc.abstractmethod
+    async def lease_state(self, item_id: str) -> tuple[int, list[StoredAllotment]]:
+        """The item's last issued epoch (0: never granted) and its allotments, in shard order."""
+
+    @abc.abstractmethod
+    async def put_lease_state(self, item_id: str, epoch: int, allotments: Sequence[StoredAllotment]) -> None:
+        """Replace the item's epoch and allotments."""
 
     # Follower writes (origin.shard) --------------------------------------
     @abc.abstractmethod
@@ -183,6 +223,14 @@ class Store(abc.ABC):
     async def due_holds(self, now: datetime, limit: int) -> list[str]:
         """Ids of active holds whose expiry is at or before `now`."""
 
+    @abc.abstractmethod
+    async def allotments(self, shard: str | None) -> list[StoredAllotment]:
+        """Live allotments (of one shard, or all), ordered by item and shard."""
+
+    @abc.abstractmethod
+    async def due_allotments(self, before: datetime, limit: int) -> list[str]:
+        """Ids of items with an allotment expiring at or before `before` (the lease sweeper's work)."""
+
     # Change feed ---------------------------------------------------------
     @abc.abstractmethod
     async def feed_bounds(self) -> FeedBounds: ...
@@ -232,6 +280,10 @@ def load(text: str | bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise StoredDataError("stored JSON is not an object")
     return value
+
+
+def seats_json(seats: Sequence[str]) -> str:
+    return json.dumps(list(seats), separators=(",", ":"), ensure_ascii=False)
 
 
 def to_ms(moment: datetime) -> int:

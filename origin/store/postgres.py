@@ -39,11 +39,14 @@ from origin.store.base import (
     HeadWatch,
     SnapshotPage,
     Store,
+    StoredAllotment,
     StoredResponse,
     Transaction,
+    allotment_row,
     change_record,
     dump,
     load,
+    seats_json,
     to_ms,
 )
 
@@ -88,6 +91,12 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE TABLE IF NOT EXISTS checkpoints (source TEXT PRIMARY KEY, position TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS feed_head (
     only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row), seq BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS lease_epochs (item_id TEXT PRIMARY KEY, epoch BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS allotments (
+    item_id TEXT NOT NULL, shard TEXT NOT NULL, epoch BIGINT NOT NULL, units INTEGER NOT NULL,
+    seats TEXT NOT NULL, expires_ms BIGINT NOT NULL, PRIMARY KEY (item_id, shard));
+CREATE INDEX IF NOT EXISTS allotments_due ON allotments (expires_ms);
+CREATE INDEX IF NOT EXISTS allotments_by_shard ON allotments (shard, item_id);
 INSERT INTO feed_head (seq) SELECT coalesce(max(seq), 0) FROM changes ON CONFLICT DO NOTHING;
 INSERT INTO meta (key, value) VALUES ('retained_after', '0') ON CONFLICT DO NOTHING;
 """
@@ -271,6 +280,23 @@ class PostgresStore(Store):
         rows = await self._fetch(
             "SELECT id FROM holds WHERE status = 'active' AND expires_ms <= $1 ORDER BY expires_ms LIMIT $2",
             to_ms(now),
+            limit,
+        )
+        return [str(row[0]) for row in rows]
+
+    async def allotments(self, shard: str | None) -> list[StoredAllotment]:
+        rows = await self._fetch(
+            "SELECT item_id, shard, epoch, units, seats, expires_ms FROM allotments"
+            " WHERE $1::text IS NULL OR shard = $1 ORDER BY item_id, shard",
+            shard,
+        )
+        return [allotment_row(tuple(row)) for row in rows]
+
+    async def due_allotments(self, before: datetime, limit: int) -> list[str]:
+        # No lock here: the lease sweeper re-reads each book under its item's row lock.
+        rows = await self._fetch(
+            "SELECT DISTINCT item_id FROM allotments WHERE expires_ms <= $1 ORDER BY item_id LIMIT $2",
+            to_ms(before),
             limit,
         )
         return [str(row[0]) for row in rows]
@@ -489,6 +515,35 @@ class _PostgresTransaction(Transaction):
 
     async def complete_idempotency_key(self, scope: str, status: int, body: dict[str, Any]) -> None:
         await self._fetch("UPDATE idempotency SET status = $1, body = $2 WHERE scope = $3", status, dump(body), scope)
+
+    async def lease_state(self, item_id: str) -> tuple[int, list[StoredAllotment]]:
+        # The caller holds the item's row lock, which serialises every writer of this book.
+        epoch = await self._fetch("SELECT epoch FROM lease_epochs WHERE item_id = $1", item_id)
+        rows = await self._fetch(
+            "SELECT item_id, shard, epoch, units, seats, expires_ms FROM allotments WHERE item_id = $1 ORDER BY shard",
+            item_id,
+        )
+        return (int(epoch[0][0]) if epoch else 0), [allotment_row(tuple(row)) for row in rows]
+
+    async def put_lease_state(self, item_id: str, epoch: int, allotments: Sequence[StoredAllotment]) -> None:
+        await self._fetch(
+            "INSERT INTO lease_epochs (item_id, epoch) VALUES ($1, $2)"
+            " ON CONFLICT (item_id) DO UPDATE SET epoch = excluded.epoch",
+            item_id,
+            epoch,
+        )
+        await self._fetch("DELETE FROM allotments WHERE item_id = $1", item_id)
+        if allotments:
+            await self._fetch(
+                "INSERT INTO allotments (item_id, shard, epoch, units, seats, expires_ms)"
+                " SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::int[], $5::text[], $6::bigint[])",
+                item_id,
+                [held.shard for held in allotments],
+                [held.epoch for held in allotments],
+                [held.units for held in allotments],
+                [seats_json(held.seats) for held in allotments],
+                [to_ms(held.expires_at) for held in allotments],
+            )
 
     async def put_replica_item(self, item: Item, region: str) -> None:
         await self._fetch(

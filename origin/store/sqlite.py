@@ -33,11 +33,14 @@ from origin.store.base import (
     HeadWatch,
     SnapshotPage,
     Store,
+    StoredAllotment,
     StoredResponse,
     Transaction,
+    allotment_row,
     change_record,
     dump,
     load,
+    seats_json,
     to_ms,
 )
 
@@ -73,6 +76,12 @@ CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status INTEGER,
     body TEXT, created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (source TEXT PRIMARY KEY, position TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS lease_epochs (item_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS allotments (
+    item_id TEXT NOT NULL, shard TEXT NOT NULL, epoch INTEGER NOT NULL, units INTEGER NOT NULL,
+    seats TEXT NOT NULL, expires_ms INTEGER NOT NULL, PRIMARY KEY (item_id, shard));
+CREATE INDEX IF NOT EXISTS allotments_due ON allotments (expires_ms);
+CREATE INDEX IF NOT EXISTS allotments_by_shard ON allotments (shard, item_id);
 """
 
 
@@ -246,6 +255,26 @@ class SQLiteStore(Store):
 
         return await self._read(query)
 
+    async def allotments(self, shard: str | None) -> list[StoredAllotment]:
+        def query(conn: sqlite3.Connection) -> list[StoredAllotment]:
+            sql = "SELECT item_id, shard, epoch, units, seats, expires_ms FROM allotments"
+            params: tuple[Any, ...] = ()
+            if shard is not None:
+                sql, params = sql + " WHERE shard = ?", (shard,)
+            return [allotment_row(row) for row in conn.execute(sql + " ORDER BY item_id, shard", params).fetchall()]
+
+        return await self._read(query)
+
+    async def due_allotments(self, before: datetime, limit: int) -> list[str]:
+        def query(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT DISTINCT item_id FROM allotments WHERE expires_ms <= ? ORDER BY item_id LIMIT ?",
+                (to_ms(before), limit),
+            ).fetchall()
+            return [str(row[0]) for row in rows]
+
+        return await self._read(query)
+
     # Change feed -------------------------------------------------------------
     async def feed_bounds(self) -> FeedBounds:
         return await self._read(self._bounds)
@@ -406,6 +435,28 @@ class _SQLiteTransaction(Transaction):
 
     async def complete_idempotency_key(self, scope: str, status: int, body: dict[str, Any]) -> None:
         await self._run("UPDATE idempotency SET status = ?, body = ? WHERE scope = ?", (status, dump(body), scope))
+
+    async def lease_state(self, item_id: str) -> tuple[int, list[StoredAllotment]]:
+        epoch = await self._run("SELECT epoch FROM lease_epochs WHERE item_id = ?", (item_id,))
+        rows = await self._run(
+            "SELECT item_id, shard, epoch, units, seats, expires_ms FROM allotments WHERE item_id = ? ORDER BY shard",
+            (item_id,),
+        )
+        return (int(epoch[0][0]) if epoch else 0), [allotment_row(row) for row in rows]
+
+    async def put_lease_state(self, item_id: str, epoch: int, allotments: Sequence[StoredAllotment]) -> None:
+        def run() -> None:
+            self.conn.execute("INSERT OR REPLACE INTO lease_epochs (item_id, epoch) VALUES (?, ?)", (item_id, epoch))
+            self.conn.execute("DELETE FROM allotments WHERE item_id = ?", (item_id,))
+            self.conn.executemany(
+                "INSERT INTO allotments (item_id, shard, epoch, units, seats, expires_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (item_id, held.shard, held.epoch, held.units, seats_json(held.seats), to_ms(held.expires_at))
+                    for held in allotments
+                ],
+            )
+
+        await self._store._write(run)
 
     async def put_replica_item(self, item: Item, region: str) -> None:
         await self._run(

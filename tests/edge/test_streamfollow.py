@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as redis_asyncio
 
 from edge.errors import PeerError
+from edge.service import feed_reader_id
 from edge.streamfollow import (
     GroupLag,
     StreamFollower,
@@ -349,6 +350,6 @@ async def test_a_pop_following_redis_evicts_changed_items_and_reports_lag(
     await until(lambda: follower.lag_entries == 0, "lag 0")
     health = json.loads((await fetch(client, running_pop, "/_edge/health")).body)
     assert health["feed"]["kind"] == "redis" and health["feed"]["lag_entries"] == 0
-    assert health["feed"]["group"] == "pop:pop-r" and health["feed"]["resets"] == 2
+    assert health["feed"]["group"] == f"pop:{feed_reader_id('pop-r', 1, 0)}" and health["feed"]["resets"] == 2
     metrics = (await fetch(client, running_pop, "/metrics")).body.decode()
     assert "edge_feed_lag_entries 0" in metrics and "edge_feed_resets_total 2" in metrics

@@ -415,3 +415,15 @@ def _proc_state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().lower()
     except OSError:
         return "zombie"
+
+
+def test_a_shard_that_has_not_loaded_its_placed_events_does_not_pass() -> None:
+    from datetime import UTC, datetime
+
+    from origin.manager import _not_loaded
+    from origin.placement import ShardPlacement
+
+    placed = ShardPlacement("eu-west-1", "eu-west", datetime(2026, 1, 1, tzinfo=UTC), frozenset({"evt-000001"}))
+    assert _not_loaded({"status": "ok", "events": []}, placed) == ["evt-000001"]
+    assert _not_loaded({"status": "ok", "events": ["evt-000001", "evt-000002"]}, placed) == []
+    assert _not_loaded({"status": "ok"}, placed) == []  # a shard that does not list events is not judged on them

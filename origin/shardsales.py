@@ -1,0 +1,541 @@
+"""The shard's side of leases: an Escrow per leased item, local holds, fenced sale reports, the lease loop.
+
+The decisions are :mod:`origin.escrow`'s; this adapter performs them:
+
+* ``POST /v1/holds`` for an item this shard holds stock of, while its escrow
+  is SELLING and has the units (or seats), is answered here with a local hold
+  (``escrow.take_hold``): no request reaches the origin. Anything else
+  (``NotOwner``) is forwarded upstream unchanged (``origin.shard.forward_write``).
+* ``POST /v1/orders`` for a local hold sends a **sale report** to the origin
+  (``POST /v1/leases/{item}/sales``), retried with the same report id when
+  the answer is lost, and answers 201 only once the origin accepted it. A
+  refusal is 409 with the origin's code (``stale_epoch``, ``lease_lapsed``,
+  ``insufficient_stock``); a report nobody answered is 502, and the buyer's
+  retry of the order resends the same report.
+* Local holds and pending reports are **volatile**, as escrow.py's contract
+  says: a crash loses them (a brief undersell), and on start :meth:`restart`
+  asks the origin what this shard still holds (``GET /v1/leases``), returns
+  each allotment whole — fencing every report of the past life — and the loop
+  then asks for fresh grants.
+* The loop (:meth:`ShardSales.run`, every ``lease_tick``) expires holds,
+  returns what ``return_request`` says (everything when CLOSING), renews
+  before expiry, refills GA allotments below the low watermark, and asks for
+  a grant for every wanted item it holds nothing of.
+
+Which items: ``lease_items`` from the settings, plus any an operator asks for
+with ``POST /v1/leases/request {"item_id", "units"?}`` (bearer shard token).
+The kind of an item (seated block or GA pool) comes from the shard's own copy
+of it, so a wanted item is asked for once its event is mirrored here.
+
+Every network wait is bounded by ``upstream_timeout``; the escrow of an item
+is only changed in synchronous sections (no await between reading and
+writing it), so the loop and the request handlers never lose each other's updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp import web
+
+from origin import escrow as core
+from origin.errors import BadRequest, HoldExpired, InsufficientStock, NotFound, OriginError
+from origin.escrow import Escrow, EscrowPolicy, LocalPhase, NotOwner, ReturnRequest, SaleReport, Verdict
+from origin.lease import Allotment, LeaseHeld, LeaseLapsed, LeaseRefused, StaleEpoch
+from origin.ledger import MAX_ID_LENGTH, HoldRequest, LedgerLimits
+from origin.metadata import Unauthorized
+from origin.model import GENERAL_ADMISSION, HOLD_ACTIVE, format_time, parse_time
+from origin.settings import OriginSettings
+from origin.shard import MAX_UPSTREAM_BODY, UpstreamError
+from origin.store.base import Store
+
+log = logging.getLogger("boxoffice.shardsales")
+
+# A sale report is sent this many times (same report id) before the order
+# answers 502: three timeouts in a row means the origin is unreachable.
+REPORT_ATTEMPTS: Final = 3
+# Orders this shard confirmed, remembered so a repeated POST /v1/orders for the
+# same hold replays its order; bounded, oldest forgotten first.
+MAX_REMEMBERED_ORDERS: Final = 10_000
+# Backoff between failed restarts (the origin is down when a shard starts).
+RESTART_BACKOFF_CAP: Final = 10.0
+JSON_TYPE: Final = "application/json"
+
+_REFUSALS: Final[Mapping[str, type[OriginError]]] = {
+    StaleEpoch.code: StaleEpoch,
+    LeaseLapsed.code: LeaseLapsed,
+    LeaseHeld.code: LeaseHeld,
+    InsufficientStock.code: InsufficientStock,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HoldInfo:
+    """What a local hold's document needs beyond escrow.LocalHold."""
+
+    item_id: str
+    event_id: str
+    user_id: str
+    created_at: datetime
+
+
+def escrow_policy(settings: OriginSettings) -> EscrowPolicy:
+    return EscrowPolicy(
+        safety_margin=timedelta(seconds=settings.lease_safety_margin),
+        renew_before=timedelta(seconds=settings.lease_renew_before),
+        low_watermark=settings.lease_low_watermark,
+        refill_units=settings.lease_refill_units,
+        high_watermark=settings.lease_high_watermark,
+    )
+
+
+class LeaseClient:
+    """The origin's lease API, each call with a finite timeout and the shard token."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str, timeout: float) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+
+    async def call(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, key: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """(status, JSON object) of one request. Raises UpstreamError when unreachable, 5xx or not JSON."""
+        url = self._base + path
+        headers = {"Authorization": f"Bearer {self._token}", "Content-Type": JSON_TYPE}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        try:
+            async with self._session.request(
+                method, url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=self._timeout)
+            ) as resp:
+                raw = await resp.content.read(MAX_UPSTREAM_BODY + 1)
+                status, encoding = resp.status, resp.headers.get("Content-Encoding", "")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+        if len(raw) > MAX_UPSTREAM_BODY or encoding not in ("", "identity"):
+            raise UpstreamError(f"{method} {url}: an answer we do not read ({len(raw)} bytes, {encoding!r})")
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise UpstreamError(f"{method} {url}: status {status}, body is not JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise UpstreamError(f"{method} {url}: status {status}, body is not an object")
+        if status >= 500:
+            raise UpstreamError(f"{method} {url}: status {status}: {_message(doc)}")
+        return status, doc
+
+
+@dataclass
+class ShardSales:
+    """The shard's escrows and local holds. :meth:`run` is its only long-running task."""
+
+    settings: OriginSettings
+    store: Store
+    session: aiohttp.ClientSession
+    wall_clock: Callable[[], float] = time.time
+    escrows: dict[str, Escrow] = field(default_factory=dict)
+    wanted: dict[str, int | None] = field(default_factory=dict)  # item → GA units to ask (None: lease_units)
+    restarted: bool = False
+    last_error: str | None = None
+    _holds: dict[str, HoldInfo] = field(default_factory=dict)
+    _orders: dict[str, dict[str, Any]] = field(default_factory=dict)  # hold id → confirmed order document
+    _events: dict[str, str] = field(default_factory=dict)  # item → event id, from grants
+
+    def __post_init__(self) -> None:
+        self.shard_id = self.settings.shard_id or self.settings.region
+        self.policy = escrow_policy(self.settings)
+        self.limits: LedgerLimits = self.settings.ledger_limits()
+        self.client = LeaseClient(
+            self.session, self.settings.upstream, self.settings.shard_token, self.settings.upstream_timeout
+        )
+        for item_id in self.settings.lease_items:
+            self.wanted.setdefault(item_id, None)
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.wall_clock(), UTC)
+
+    # Local holds and orders ------------------------------------------------------
+    def place_hold(self, request: HoldRequest) -> dict[str, Any] | None:
+        """A local hold's answer body, or None when the owner must take it (forward the request).
+
+        Raises InsufficientStock when this shard leases the whole block and the
+        seats are not free, BadRequest for a request the item can never serve.
+        """
+        current = self.escrows.get(request.item_id)
+        if current is None:
+            return None
+        now = self.now()
+        current = core.expire_holds(current, now, self.policy)
+        self.escrows[request.item_id] = current
+        hold_id = f"hld-{self.shard_id}-{secrets.token_hex(8)}"
+        ttl = request.ttl or self.limits.hold_ttl
+        try:
+            taken = core.take_hold(current, hold_id, request.qty, request.seats, now, ttl, self.policy)
+        except NotOwner:
+            return None
+        self.escrows[request.item_id] = taken
+        info = HoldInfo(request.item_id, self._events.get(request.item_id, ""), request.user_id, now)
+        self._holds[hold_id] = info
+        return {"hold": self._hold_document(hold_id, info), "shard_id": self.shard_id}
+
+    def hold_document(self, hold_id: str) -> dict[str, Any] | None:
+        """A live local hold's document, or None when this shard does not hold it."""
+        info = self._holds.get(hold_id)
+        if info is None:
+            return None
+        return self._hold_document(hold_id, info)
+
+    def _hold_document(self, hold_id: str, info: HoldInfo) -> dict[str, Any] | None:
+        current = self.escrows.get(info.item_id)
+        held = None if current is None else current.hold(hold_id)
+        if held is None:
+            return None
+        return {
+            "id": held.id,
+            "item_id": info.item_id,
+            "event_id": info.event_id,
+            "user_id": info.user_id,
+            "qty": held.qty,
+            "seats": list(held.seats),
+            "status": HOLD_ACTIVE,
+            "created_at": format_time(info.created_at),
+            "expires_at": format_time(held.expires_at),
+        }
+
+    def is_local(self, hold_id: str) -> bool:
+        return hold_id in self._holds or hold_id in self._orders
+
+    async def place_order(self, hold_id: str) -> tuple[dict[str, Any], bool] | None:
+        """(201 body, replayed) for a local hold once the origin accepted its sale; None: not ours, forward.
+
+        Raises HoldExpired (410) for a hold that ended, LeaseLapsed / StaleEpoch /
+        InsufficientStock (409) when the lease is closing or the origin refused,
+        UpstreamError (502) when no verdict came back (retrying resends the same report).
+        """
+        if hold_id in self._orders:
+            return {"order": self._orders[hold_id]}, True
+        info = self._holds.get(hold_id)
+        if info is None:
+            return None
+        current = self.escrows.get(info.item_id)
+        if current is None or current.hold(hold_id) is None:
+            self._holds.pop(hold_id, None)
+            raise HoldExpired(f"hold {hold_id} ended: it expired, or this shard's lease on {info.item_id} ended")
+        current, report = core.sale_request(current, hold_id, self.now(), self.policy)
+        self.escrows[info.item_id] = current
+        status, doc = await self._send_report(report, info)
+        code = "accepted" if status == 201 else _error_code(doc)
+        verdict = Verdict(report.sale_id, report.epoch, status == 201, code)
+        latest = self.escrows.get(info.item_id)
+        if latest is not None:
+            self.escrows[info.item_id] = core.on_verdict(latest, verdict)
+        self._holds.pop(hold_id, None)
+        if verdict.accepted:
+            order = doc.get("order")
+            if not isinstance(order, dict):
+                raise UpstreamError(f"the origin accepted sale {hold_id} without an order document")
+            self._remember(hold_id, order)
+            return {"order": order}, False
+        refusal = _REFUSALS.get(code, LeaseRefused)
+        raise refusal(f"the origin refused the sale of hold {hold_id}: {_message(doc)}")
+
+    async def _send_report(self, report: SaleReport, info: HoldInfo) -> tuple[int, dict[str, Any]]:
+        body = {
+            "shard_id": report.shard,
+            "epoch": report.epoch,
+            "report_id": report.sale_id,
+            "hold_id": report.sale_id,
+            "qty": report.qty,
+            "seats": list(report.seats),
+            "written_at": format_time(report.written_at),
+            "user_id": info.user_id,
+        }
+        path = f"/v1/leases/{quote(report.item_id, safe='')}/sales"
+        failure: OriginError | None = None
+        for _ in range(REPORT_ATTEMPTS):
+            try:
+                status, doc = await self.client.call("POST", path, body)
+            except UpstreamError as exc:
+                failure = exc
+                continue
+            if status in (201, 409):
+                return status, doc
+            raise UpstreamError(f"the origin answered {status} to sale report {report.sale_id}: {_message(doc)}")
+        raise UpstreamError(
+            f"sale report {report.sale_id} got no verdict after {REPORT_ATTEMPTS} tries ({failure}); "
+            "the order's outcome is unknown: retry it"
+        )
+
+    def _remember(self, hold_id: str, order: dict[str, Any]) -> None:
+        self._orders[hold_id] = order
+        while len(self._orders) > MAX_REMEMBERED_ORDERS:
+            del self._orders[next(iter(self._orders))]
+
+    # The lease loop ----------------------------------------------------------------
+    async def run(self) -> None:
+        """Restart (return what the origin says we hold), then tend every lease each tick, until cancelled."""
+        failures = 0
+        while not self.restarted:
+            try:
+                await self.restart()
+            except OriginError as exc:
+                failures += 1
+                self.last_error = exc.message
+                delay = min(RESTART_BACKOFF_CAP, self.settings.lease_tick * 2**failures)
+                log.warning("lease restart failed (%s); retrying in %.1f s", exc.message, delay)
+                await asyncio.sleep(delay)
+        while True:
+            await self.tend()
+            await asyncio.sleep(self.settings.lease_tick)
+
+    async def restart(self) -> None:
+        """Learn our epochs from the origin and return every allotment of a past life whole."""
+        status, doc = await self.client.call("GET", f"/v1/leases?shard_id={quote(self.shard_id, safe='')}")
+        if status != 200 or not isinstance(doc.get("leases"), list):
+            raise UpstreamError(f"GET /v1/leases answered {status}: {_message(doc)}")
+        for lease_doc in doc["leases"]:
+            allotment, kind, _ = _parse_lease(lease_doc)
+            item_id = str(lease_doc["item_id"])
+            fresh, returned = core.restart(
+                item_id, self.shard_id, exclusive=kind != GENERAL_ADMISSION, held_at_origin=allotment
+            )
+            self.escrows[item_id] = fresh
+            if returned is not None:
+                await self._return(returned)
+        self.restarted = True
+
+    async def tend(self) -> None:
+        """One pass of the loop over every item we hold or want; a failure only skips that item."""
+        for item_id in sorted(set(self.escrows) | set(self.wanted)):
+            try:
+                await self.tend_item(item_id)
+            except OriginError as exc:
+                self.last_error = exc.message
+                log.warning("lease of %s: %s", item_id, exc.message)
+            except Exception:
+                self.last_error = f"tending {item_id} crashed"
+                log.exception("tending the lease of %s crashed", item_id)
+
+    async def tend_item(self, item_id: str) -> None:
+        now = self.now()
+        current = self.escrows.get(item_id)
+        if current is not None:
+            self.escrows[item_id] = core.expire_holds(current, now, self.policy)
+            self._forget_ended_holds()
+            kept, returned = core.return_request(self.escrows[item_id], now, self.policy)
+            self.escrows[item_id] = kept
+            if returned is not None:
+                await self._return(returned)
+            renewal = core.renew_request(self.escrows[item_id], now, self.policy)
+            if renewal is not None:
+                await self._renew(item_id, renewal.epoch)
+            refill = core.refill_request(self.escrows[item_id], now, self.policy)
+            if refill is not None:
+                await self._refill(item_id, refill.epoch, refill.units)
+        current = self.escrows.get(item_id)
+        if item_id in self.wanted and (current is None or current.expires_at is None):
+            await self._grant(item_id)
+
+    async def request_lease(self, item_id: str, units: int | None) -> dict[str, Any]:
+        """Want `item_id` from now on and ask for it right away; returns the escrow's state."""
+        self.wanted[item_id] = units
+        await self.tend_item(item_id)
+        return self.describe(item_id)
+
+    def describe(self, item_id: str) -> dict[str, Any]:
+        current = self.escrows.get(item_id)
+        if current is None:
+            return {"item_id": item_id, "phase": LocalPhase.NONE.value, "epoch": 0}
+        return {
+            "item_id": item_id,
+            "phase": core.phase(current, self.now(), self.policy).value,
+            "epoch": current.epoch,
+            "expires_at": None if current.expires_at is None else format_time(current.expires_at),
+            "free": current.free,
+            "held": current.held,
+            "sold": current.sold,
+            "written_off": current.written_off,
+        }
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "restarted": self.restarted,
+            "leases": [self.describe(item_id) for item_id in sorted(self.escrows)],
+            "last_error": self.last_error,
+        }
+
+    async def _grant(self, item_id: str) -> None:
+        item = await self.store.item(item_id)
+        if item is None:
+            log.info("lease of %s waits: its event is not mirrored here yet", item_id)
+            return
+        exclusive = item.kind != GENERAL_ADMISSION
+        body: dict[str, Any] = {"item_id": item_id, "shard_id": self.shard_id}
+        if not exclusive:
+            body["units"] = self.wanted.get(item_id) or self.settings.lease_units
+        key = f"grant-{secrets.token_hex(8)}"
+        status, doc = await self._call_twice("POST", "/v1/leases", body, key)
+        if status == 409 and _error_code(doc) == LeaseHeld.code:
+            await self._recover(item_id)
+            return
+        if status != 201:
+            log.info("no grant of %s: %s", item_id, _message(doc))
+            return
+        allotment, _, seats = _parse_lease(doc.get("lease"))
+        base = self.escrows.get(item_id) or core.new_escrow(item_id, self.shard_id, exclusive=exclusive)
+        try:
+            self.escrows[item_id] = core.on_grant(base, allotment, seats)
+        except StaleEpoch as exc:
+            log.warning("ignored a late grant of %s: %s", item_id, exc.message)
+            return
+        self._events[item_id] = item.event_id
+        log.info(
+            "granted %s: epoch %d, %d unit(s) until %s", item_id, allotment.epoch, allotment.units, allotment.expires_at
+        )
+
+    async def _recover(self, item_id: str) -> None:
+        """The origin says we hold `item_id` but we do not know it (a lost grant answer): return it whole."""
+        status, doc = await self.client.call("GET", f"/v1/leases?shard_id={quote(self.shard_id, safe='')}")
+        leases = doc.get("leases") if status == 200 else None
+        for lease_doc in leases if isinstance(leases, list) else []:
+            if isinstance(lease_doc, dict) and lease_doc.get("item_id") == item_id:
+                allotment, kind, _ = _parse_lease(lease_doc)
+                fresh, returned = core.restart(
+                    item_id, self.shard_id, exclusive=kind != GENERAL_ADMISSION, held_at_origin=allotment
+                )
+                known = self.escrows.get(item_id)
+                if known is None or known.expires_at is None:
+                    self.escrows[item_id] = fresh
+                    if returned is not None:
+                        await self._return(returned)
+
+    async def _renew(self, item_id: str, epoch: int) -> None:
+        status, doc = await self.client.call(
+            "POST", self._path(item_id, "renew"), {"shard_id": self.shard_id, "epoch": epoch}
+        )
+        if status == 200:
+            allotment, _, _ = _parse_lease(doc.get("lease"))
+            self.escrows[item_id] = core.on_renewed(self.escrows[item_id], allotment.epoch, allotment.expires_at)
+        else:
+            self._on_refusal(item_id, epoch, doc)
+
+    async def _refill(self, item_id: str, epoch: int, units: int) -> None:
+        body = {"shard_id": self.shard_id, "epoch": epoch, "units": units}
+        status, doc = await self._call_twice(
+            "POST", self._path(item_id, "refill"), body, f"refill-{secrets.token_hex(8)}"
+        )
+        if status == 200:
+            self.escrows[item_id] = core.on_refill(self.escrows[item_id], epoch, units)
+        else:
+            self._on_refusal(item_id, epoch, doc)
+
+    async def _return(self, request: ReturnRequest) -> None:
+        """Send a return; its units already left the escrow, so a lost answer only undersells."""
+        body: dict[str, Any] = {"shard_id": request.shard, "epoch": request.epoch}
+        if request.units is not None:
+            body["units"] = request.units
+        key = f"return-{secrets.token_hex(8)}"
+        status, doc = await self._call_twice("POST", self._path(request.item_id, "return"), body, key)
+        if status != 200:
+            log.info("return of %s (epoch %d) refused: %s", request.item_id, request.epoch, _message(doc))
+
+    def _on_refusal(self, item_id: str, epoch: int, doc: dict[str, Any]) -> None:
+        """A stale epoch means the allotment is gone: hold nothing (the loop asks anew)."""
+        current = self.escrows.get(item_id)
+        if _error_code(doc) == StaleEpoch.code and current is not None and current.epoch == epoch:
+            self.escrows[item_id] = Escrow(item_id, self.shard_id, current.exclusive, epoch=current.epoch)
+            self._forget_ended_holds()
+        log.info("lease of %s (epoch %d): %s", item_id, epoch, _message(doc))
+
+    async def _call_twice(
+        self, method: str, path: str, body: Mapping[str, Any], key: str
+    ) -> tuple[int, dict[str, Any]]:
+        """One retry with the same Idempotency-Key, so a lost answer is replayed, not repeated."""
+        try:
+            return await self.client.call(method, path, body, key)
+        except UpstreamError:
+            return await self.client.call(method, path, body, key)
+
+    def _path(self, item_id: str, operation: str) -> str:
+        return f"/v1/leases/{quote(item_id, safe='')}/{operation}"
+
+    def _forget_ended_holds(self) -> None:
+        for hold_id, info in list(self._holds.items()):
+            current = self.escrows.get(info.item_id)
+            if current is None or current.hold(hold_id) is None:
+                del self._holds[hold_id]
+
+
+def _parse_lease(doc: Any) -> tuple[Allotment, str, tuple[str, ...]]:
+    """(allotment, item kind, seats) of a lease document. Raises UpstreamError."""
+    try:
+        if not isinstance(doc, dict):
+            raise TypeError("not an object")
+        allotment = Allotment(
+            str(doc["shard_id"]), int(doc["epoch"]), int(doc["units"]), parse_time(str(doc["expires_at"]))
+        )
+        seats = tuple(str(seat) for seat in doc["seats"])
+        return allotment, str(doc["kind"]), seats
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UpstreamError(f"the origin sent a bad lease document: {exc}") from exc
+
+
+def _error_code(doc: Mapping[str, Any]) -> str:
+    error = doc.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else "unknown"
+
+
+def _message(doc: Mapping[str, Any]) -> str:
+    error = doc.get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else json.dumps(doc)[:200]
+
+
+# HTTP (the shard's admin route) ------------------------------------------------------
+
+SALES: Final = web.AppKey("shard_sales", ShardSales)
+
+
+def add_sales_routes(app: web.Application, sales: ShardSales) -> None:
+    app[SALES] = sales
+    app.router.add_post("/v1/leases/request", post_lease_request)
+
+
+async def post_lease_request(request: web.Request) -> web.StreamResponse:
+    """`POST /v1/leases/request {"item_id", "units"?}`: want this item and ask the origin for it now."""
+    sales = request.app[SALES]
+    scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+    token = sales.settings.shard_token
+    if not token or scheme.lower() != "bearer" or not secrets.compare_digest(offered.strip(), token):
+        raise Unauthorized("send Authorization: Bearer <the shard token>")
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict) or set(body) - {"item_id", "units"}:
+        raise BadRequest("body must be an object with item_id and optionally units")
+    item_id, units = body.get("item_id"), body.get("units")
+    if not isinstance(item_id, str) or not 0 < len(item_id) <= MAX_ID_LENGTH:
+        raise BadRequest(f"item_id must be a string of 1 to {MAX_ID_LENGTH} characters")
+    if units is not None and (type(units) is not int or units < 1):
+        raise BadRequest("units must be a positive integer")
+    if await sales.store.item(item_id) is None:
+        raise NotFound(f"item {item_id} is not mirrored by this shard")
+    state = await sales.request_lease(item_id, units)
+    granted = state["phase"] != LocalPhase.NONE.value
+    body_out = json.dumps(state, separators=(",", ":")).encode()
+    return web.Response(body=body_out, status=200 if granted else 202, content_type=JSON_TYPE)
