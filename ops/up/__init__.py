@@ -1,0 +1,7 @@
+"""`boxoffice up`: the whole stack on one machine (see ops.up.cli; plan, supervisor, state, traffic)."""
+
+from __future__ import annotations
+
+from ops.up.cli import main
+
+__all__ = ["main"]

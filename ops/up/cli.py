@@ -1,0 +1,373 @@
+"""`boxoffice up`: the whole stack on one machine, supervised until Ctrl-C.
+
+The order of events: check the ports, write the location database and the
+GeoDNS config, then start the stages of :func:`ops.up.plan.plan_stack` one
+after the other (each stage's services in parallel, one progress line per
+service as it answers its health check). Between the shards and the POPs the
+shard map is PUT to the origin, so the POPs' first map already routes by it.
+Once GeoDNS reports every POP healthy, `up` prints what to try and
+supervises until SIGINT or SIGTERM, then stops the stages in reverse order.
+The state file (:mod:`ops.up.state`) follows every change, for `boxoffice
+status`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+import aiohttp
+
+from ops.localgeo import LocationDatabaseError, client_subnet, write_location_database
+from ops.settings import SettingsError, add_arguments, load
+from ops.up.plan import (
+    FAILOVER_BOUND_SECONDS,
+    STALENESS_BOUND_SECONDS,
+    Secrets,
+    StackPlan,
+    geodns_config_text,
+    plan_stack,
+    shard_map_document,
+    try_lines,
+)
+from ops.up.settings import UpSettings
+from ops.up.state import StateError, process_running, read_state, write_state
+from ops.up.supervisor import Child, RestartPolicy, StartError, Supervisor
+from ops.up.traffic import Traffic
+
+DESCRIPTION = """\
+Run the whole boxoffice stack on this machine: the origin primary (SQLite in
+the data directory, demo catalog seeded), one shard per region, one POP per
+region on its own loopback address (127.0.0.2, .3, …), GeoDNS on port 5353
+with a generated location database (client subnet 100.64.N.0/24 is region N's
+city), and the predictor when it is installed. Restarts a crashed service,
+stops everything on Ctrl-C. Settings come from flags, then BOXOFFICE_UP_*
+environment variables, then the [up] table of the --config file.
+"""
+
+PREDICTOR_PROBE_TIMEOUT: Final = 60.0  # `predictor serve --help` imports its modules: seconds on a busy host
+HTTP_TIMEOUT: Final = 10.0
+# GeoDNS needs health_rise (2) checks a second apart to call a POP healthy.
+ROTATION_TIMEOUT: Final = 15.0
+EVENT_PAGE: Final = 1_000  # origin.store.base.MAX_PAGE_ROWS: the largest page /v1/events serves
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    add_arguments(parser, UpSettings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "boxoffice up") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(prog).parse_args(argv)
+    try:
+        settings = load(UpSettings, "up", args=args)
+    except SettingsError as exc:
+        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_up(settings, prog))
+    except KeyboardInterrupt:  # a Ctrl-C before the handlers were installed
+        return 130
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+async def _up(settings: UpSettings, prog: str) -> int:
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(StateError):
+        previous = read_state(data_dir)
+        if previous.get("pid") != os.getpid() and process_running(previous.get("pid")):
+            print(f"{prog}: a stack already runs from {data_dir} (pid {previous['pid']}); "
+                  "stop it first or pick another --data-dir", file=sys.stderr)  # fmt: skip
+            return 1
+    with_predictor = await _predictor_available()
+    stack_secrets = Secrets(*(secrets.token_urlsafe(24) for _ in range(4)))
+    plan = plan_stack(settings, python=sys.executable, secrets=stack_secrets, with_predictor=with_predictor)
+    busy = _busy_ports(plan)
+    if busy:
+        print(f"{prog}: {'; '.join(busy)} (another stack? use --base-port N)", file=sys.stderr)
+        return 1
+    try:
+        await asyncio.to_thread(write_location_database, plan.location_database)
+    except LocationDatabaseError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    plan.geodns_config.write_text(geodns_config_text(plan, log_level=settings.log_level), encoding="utf-8")
+
+    say(f"boxoffice up: starting the stack in {data_dir} (logs in {data_dir / 'logs'})")
+    if not with_predictor:
+        say("  predictor: skipped (`boxoffice predictor serve` is not in this version yet)")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with aiohttp.ClientSession() as session:
+            stack = _Stack(settings, plan, session, stack_secrets)
+            return await stack.run(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+class _Stack:
+    def __init__(self, settings: UpSettings, plan: StackPlan, session: aiohttp.ClientSession, keys: Secrets) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.session = session
+        self.secrets = keys
+        self.data_dir = settings.data_dir.resolve()
+        self.state = "starting"
+        self.started_at = time.time()
+        self.supervisor = Supervisor(
+            session=session, cwd=self.data_dir, log_dir=self.data_dir / "logs",
+            policy=RestartPolicy(settings.max_restarts, settings.restart_window),
+            start_timeout=settings.start_timeout, stop_grace=settings.stop_grace,
+            on_change=self.write_state, say=say,
+        )  # fmt: skip
+        self.watchers: list[asyncio.Task[None]] = []
+
+    async def run(self, stop: asyncio.Event) -> int:
+        try:
+            return await self._run(stop)
+        finally:
+            await self.stop_children()  # only does something when _run failed before stopping them
+            self.state = "stopped"
+            self.write_state()
+            say("boxoffice up: stopped")
+
+    async def _run(self, stop: asyncio.Event) -> int:
+        code = 0
+        async with asyncio.TaskGroup() as group:
+            starting = group.create_task(self.start(group))
+            signalled = group.create_task(stop.wait())
+            await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done() and starting.result():
+                self.state = "running"
+                self.write_state()
+                for line in try_lines(self.plan):
+                    say(line)
+                say(f"Staleness bound {STALENESS_BOUND_SECONDS:g} s, DNS failover bound {FAILOVER_BOUND_SECONDS:g} s. "
+                    "Stop with Ctrl-C.")  # fmt: skip
+                traffic = None
+                if self.settings.traffic:
+                    pops = [spec for spec in self.plan.services if spec.kind == "pop"]
+                    users = Traffic(self.session, pops, self.settings.traffic_rate, random.Random())
+                    traffic = group.create_task(users.run(say))
+                    say(f"  synthetic users: {self.settings.traffic_rate:g} actions/s through {len(pops)} POPs")
+                await signalled
+                if traffic is not None:
+                    traffic.cancel()
+                    say(f"  {users.counts.line()}")
+            elif not starting.done():
+                starting.cancel()  # signalled while starting
+            else:
+                code = 1
+            signalled.cancel()
+            await self.stop_children()
+            for watcher in self.watchers:
+                watcher.cancel()
+        return code
+
+    async def stop_children(self) -> None:
+        """Stop every child in reverse start order; once (later calls return at once)."""
+        if self.supervisor.stopping:
+            return
+        say("boxoffice up: stopping")
+        self.state = "stopping"
+        self.write_state()
+        await self.supervisor.stop_all([[spec.name for spec in stage] for stage in self.plan.stages])
+
+    async def start(self, group: asyncio.TaskGroup) -> bool:
+        """Start every stage; False (after saying why) when a service does not come up."""
+        try:
+            index = 0
+            while index < len(self.plan.stages):
+                stage = self.plan.stages[index]
+                if stage[0].kind == "pop":
+                    await self.publish_shard_map()
+                children = [await self.supervisor.start(spec) for spec in stage]
+                outcomes = await asyncio.gather(*(self.announce(child) for child in children))
+                self.watchers += [
+                    group.create_task(self.supervisor.watch(child))
+                    for child, up in zip(children, outcomes, strict=True)
+                    if up
+                ]
+                if not all(outcomes):  # an optional service stayed down: plan the rest without it
+                    self.plan = self.replan_without_predictor()
+                    index = next(i for i, later in enumerate(self.plan.stages) if later[0].kind == "pop")
+                    continue
+                index += 1
+            await self.wait_in_rotation()
+        except (StartError, _PublishError) as exc:
+            say(f"boxoffice up: {exc}")
+            return False
+        return True
+
+    def replan_without_predictor(self) -> StackPlan:
+        return plan_stack(self.settings, python=sys.executable, secrets=self.secrets, with_predictor=False)
+
+    async def announce(self, child: Child) -> bool:
+        """Wait until `child` is healthy and say so; False when an optional child did not come up."""
+        spec = child.spec
+        try:
+            seconds = await self.supervisor.wait_healthy(child)
+        except StartError as exc:
+            if not spec.optional:
+                raise
+            self.supervisor.forget(child)
+            if child.process is not None and child.process.returncode is None:
+                await self.supervisor.stop(child)
+            reason = str(exc).splitlines()[-1]
+            say(f"  {spec.name:<22} not started: {reason} (the stack runs without it)")
+            return False
+        where = (
+            spec.url if spec.kind != "geodns" else f"{spec.address}:{spec.port} (UDP+TCP), admin {self.plan.admin_url}"
+        )
+        say(f"  {spec.name:<22} healthy  {where}  pid {child.pid}  ({seconds:.1f} s)")
+        return True
+
+    async def publish_shard_map(self) -> None:
+        """PUT the map routing each region's events to its shard (what `origin manager` would publish)."""
+        events_by_region = {region: await self.region_events(region) for region in self.settings.regions}
+        document = shard_map_document(self.plan, events_by_region)
+        url = f"{self.plan.origin_url}/v1/shardmap"
+        headers = {"Authorization": f"Bearer {self.secrets.shardmap_token}", "Content-Type": "application/json"}
+        try:
+            async with self.session.put(url, data=json.dumps(document), headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT)) as response:  # fmt: skip
+                body = await response.text()
+                if response.status not in (200, 201):
+                    raise _PublishError(f"the origin refused the shard map ({response.status}): {body[:500]}")
+                version = json.loads(body).get("version")
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise _PublishError(f"cannot publish the shard map to {url}: {exc}") from exc
+        counts = ", ".join(f"{region} {len(events)}" for region, events in events_by_region.items())
+        say(f"  {'shard map':<22} published  version {version}, events per shard: {counts}")
+
+    async def region_events(self, region: str) -> list[str]:
+        events: list[str] = []
+        after = ""
+        while True:
+            url = f"{self.plan.origin_url}/v1/events?region={region}&limit={EVENT_PAGE}" + (
+                f"&after={after}" if after else ""
+            )
+            try:
+                async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT)) as response:
+                    if response.status != 200:
+                        raise _PublishError(f"GET {url} answered {response.status}")
+                    page = await response.json()
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raise _PublishError(f"cannot list the events of {region}: {exc}") from exc
+            events += [event["id"] for event in page["events"]]
+            after = page.get("next_after") or ""
+            if not after:
+                return events
+
+    async def wait_in_rotation(self) -> None:
+        """Wait until GeoDNS calls every POP healthy, so the first `dig` already steers."""
+        url = f"{self.plan.admin_url}/v1/pops"
+        deadline = time.monotonic() + ROTATION_TIMEOUT
+        pops: Any = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT)) as response:
+                    pops = await response.json()
+                healthy = _healthy_pops(pops)
+                if healthy is not None and healthy[0] == healthy[1]:
+                    say(f"  {'geodns rotation':<22} all {healthy[1]} POPs healthy")
+                    return
+            await asyncio.sleep(0.25)
+        raise StartError(f"GeoDNS did not report every POP healthy within {ROTATION_TIMEOUT:g} s: {pops}")
+
+    def write_state(self) -> None:
+        services = []
+        for child in self.supervisor.children:
+            spec = child.spec
+            services.append({
+                "name": spec.name, "kind": spec.kind, "pid": child.pid, "pgid": child.pid, "url": spec.url,
+                "health_url": spec.health_url, "address": spec.address, "port": spec.port, "region": spec.region,
+                "state": child.state, "restarts": len(child.restarts), "log": str(child.log_path),
+                "pids": child.pids,
+            })  # fmt: skip
+        write_state(self.data_dir, {
+            "pid": os.getpid(), "state": self.state, "started_at": self.started_at, "origin": self.plan.origin_url,
+            "dns": {"host": self.plan.dns_host, "port": self.plan.dns_port, "admin": self.plan.admin_url},
+            "subnets": {region: client_subnet(region) for region in self.settings.regions},
+            "services": services,
+        })  # fmt: skip
+
+
+class _PublishError(RuntimeError):
+    """The shard map could not be built or stored."""
+
+
+def _healthy_pops(document: Any) -> tuple[int, int] | None:
+    """(healthy, total) from GeoDNS's GET /v1/pops, which lists POPs as a list or an id-keyed object."""
+    pops = document.get("pops", document) if isinstance(document, dict) else document
+    entries = list(pops.values()) if isinstance(pops, dict) else pops
+    if not isinstance(entries, list) or not entries:
+        return None
+    healthy = sum(1 for entry in entries if isinstance(entry, dict) and entry.get("healthy") is True)
+    return healthy, len(entries)
+
+
+async def _predictor_available() -> bool:
+    """`boxoffice predictor serve --help` exits 0 once the predictor can serve."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ops.cli", "predictor", "serve", "--help",
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    except OSError:
+        return False
+    try:
+        return await asyncio.wait_for(process.wait(), PREDICTOR_PROBE_TIMEOUT) == 0
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        return False
+
+
+def _busy_ports(plan: StackPlan) -> list[str]:
+    """Every (address, port) of the plan that cannot be bound now, named."""
+    problems = []
+    for spec in plan.services:
+        kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if spec.kind == "geodns" else (socket.SOCK_STREAM,)
+        checks: list[tuple[str, int, int]] = [(spec.address, spec.port, kind) for kind in kinds]
+        if spec.kind == "geodns":
+            checks.append(("127.0.0.1", int(plan.admin_url.rpartition(":")[2]), socket.SOCK_STREAM))
+        for address, port, kind in checks:
+            if not _bindable(address, port, kind):
+                problems.append(f"{address}:{port}/{'udp' if kind == socket.SOCK_DGRAM else 'tcp'} "
+                                f"({spec.name}) is in use")  # fmt: skip
+    return problems
+
+
+def _bindable(address: str, port: int, kind: int) -> bool:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, kind) as probe:
+        if kind == socket.SOCK_STREAM:  # as the servers bind: a TIME_WAIT of an earlier run does not count
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
