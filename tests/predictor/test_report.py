@@ -8,9 +8,11 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from predictor.evaluation import HINT_THRESHOLDS
 from predictor.report import curves_in
 from predictor.svgplot import Marker, line_chart, nice_ticks
 
@@ -25,7 +27,7 @@ VOID = {"meta", "br", "hr", "img", "input", "link", "area", "base", "col", "embe
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     environment = {key: value for key, value in os.environ.items() if not key.startswith("BOXOFFICE_")}
     return subprocess.run(
-        [sys.executable, "-m", "predictor", *args], capture_output=True, text=True, timeout=120, env=environment
+        [sys.executable, "-m", "predictor", *args], capture_output=True, text=True, timeout=180, env=environment
     )
 
 
@@ -79,7 +81,10 @@ def test_report_writes_a_well_formed_page_with_the_figures(workload: Path, tmp_p
     printed = json.loads(done.stdout)
     assert printed["report"] == str(out)
     assert printed["onsales"] >= 1
-    assert set(printed["policies"]) == {"lru", "s3fifo", "s3fifo+oracle", "s3fifo+forecast", "belady"}
+    assert set(printed["policies"]) == {
+        "lru", "s3fifo", "s3fifo+oracle", "s3fifo+forecast", "s3fifo+oracle-wide", "belady",
+    }  # fmt: skip
+    assert "models" not in printed  # no models directory: no model figures, and the report still works
     assert set(printed["hints"]) == {"1", "2"}
     belady = printed["policies"]["belady"]
     assert belady["gap_closure"] == 1.0
@@ -127,6 +132,42 @@ def test_report_draws_roc_and_calibration_from_model_metrics(workload: Path, tmp
     assert "0.87" in page
     assert "No model metrics found" not in page
     assert "purchase-v1.json:" not in page  # the xgboost model file itself is not read as metrics
+    # The metadata names a purchase model whose file is no xgboost model: said so, not a crash.
+    assert any("purchase model not loaded" in note for note in json.loads(done.stdout)["models"]["notes"])
+    assert "purchase model not loaded" in page
+
+
+def test_report_uses_the_trained_models(trained_workload: Any, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    done = run(
+        "report", "--workload", str(trained_workload.workload_dir), "--out", str(out),
+        "--models", str(trained_workload.models_dir), "--no-sweep", "--hint-k", "1,2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert {"s3fifo+model", "s3fifo+model-wide", "s3fifo+oracle-wide"} <= set(printed["policies"])
+    models = printed["models"]
+    assert models["purchase_version"] == 1 and models["demand_version"] == 1
+    assert not [note for note in models["notes"] if "not loaded" in note or "another workload" in note]
+    assert any("warm times fall before its test period" in note for note in models["notes"])
+    quality = models["test_quality"]
+    assert len(quality) == 2
+    assert all(0.5 <= figures["roc_auc"] <= 1.0 for figures in quality.values())
+    assert printed["hints_from"] == models["hint_periods"]["test_from"]  # the heuristic on the same sessions
+    point = models["model_hints"]
+    assert point["k"] in (1, 2)
+    assert point["threshold"] in HINT_THRESHOLDS
+    assert isinstance(point["aim_met_on_test"], bool)
+    for figures in printed["policies"].values():
+        assert figures["warm_admitted"] <= figures["warm_listed"]
+    page = out.read_text(encoding="utf-8")
+    parsed = parse(page)
+    assert parsed.errors == []
+    assert 'aria-label="ROC"' in page and 'aria-label="Calibration"' in page
+    assert "test split" in page  # the curves were computed from the models on the test sessions
+    text = " ".join(parsed.text)
+    assert "validation precision" in text
+    assert "G, all traffic in the windows" in text
 
 
 def test_report_names_bad_input(tmp_path: Path, workload: Path) -> None:
