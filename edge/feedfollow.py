@@ -19,7 +19,9 @@ every item entry. That happens:
   new as the position the feed continues from;
 - on a gap inside a batch (a sequence number skipped: the origin's feed is
   gapless, so this is a broken upstream; never skipped silently);
-- once per outage, when the feed has been unreachable for ``max_outage``.
+- once per outage, when the feed has been unreachable for ``max_outage``, or
+  the POP's callbacks kept failing that long (an outage ends only once a batch
+  was applied, never merely because the upstream answered).
   Choice: we purge *during* the outage rather than keep serving entries whose
   invalidation we can no longer promise. The POP's reads fail over to the
   secondary shard or the primary, so purged entries refill from a source that
@@ -31,10 +33,12 @@ every item entry. That happens:
 
 Delivery is at-least-once: a record at or below our position (a duplicate) is
 ignored, and a failure in the middle of a batch resumes after the last record
-applied. Connection errors, timeouts, 5xx and malformed answers back off
-exponentially with jitter (``backoff_initial`` doubling up to
-``backoff_max``); every request has a finite timeout (the long-poll ``wait``
-plus ``request_margin``).
+applied. Connection errors, timeouts, 5xx, malformed answers and failing
+callbacks back off exponentially with jitter (``backoff_initial`` doubling up
+to ``backoff_max``), and the backoff starts over only once a batch was
+applied: a callback that keeps raising is retried ever more slowly, not every
+``backoff_initial``. Every request has a finite timeout (the long-poll
+``wait`` plus ``request_margin``).
 
 Race the POP must close itself: a miss fetched before a change commits may
 arrive after ``on_change`` evicted the item; the POP should not store an item
@@ -296,6 +300,7 @@ class FeedFollower:
         self._failures = 0
         self._outage_since: float | None = None  # monotonic
         self._outage_reset_done = False
+        self._retry_delay: float | None = None  # the wait before the current retry; None when not retrying
         self._consecutive_gone = 0
 
     # State for health and metrics -------------------------------------------
@@ -319,6 +324,11 @@ class FeedFollower:
     @property
     def last_error(self) -> str | None:
         return self._last_error
+
+    @property
+    def retry_delay(self) -> float | None:
+        """Seconds waited before the current retry (it grows while failures repeat); None once recovered."""
+        return self._retry_delay
 
     @property
     def lag_seconds(self) -> float | None:
@@ -359,7 +369,7 @@ class FeedFollower:
                     await self._poll(session)
                 except _PositionGone as gone:
                     log.warning("feed %s: %s; re-snapshotting and purging", self.upstream, gone.reason)
-                    self._recovered()
+                    self._connected = True  # reachable; the backoff goes on until a batch is applied
                     self._pending_reset = gone.reason
                     self._position = None
                     self._caught_up = False
@@ -380,7 +390,7 @@ class FeedFollower:
             # The snapshot position is the head as of this answer: we are at it.
             self._verified_at = self._physical_time()
             self._caught_up = True
-            self._recovered()
+            self._connected = True
         if self._pending_reset is not None:
             self._reset(self._pending_reset)
             self._pending_reset = None
@@ -394,13 +404,16 @@ class FeedFollower:
         params = {"since": self._position.encode(), "limit": str(self.options.batch_limit), "wait": f"{wait:g}"}
         batch = parse_batch(await self._get_json(session, self._changes_url, params))
         received_at = self._physical_time()
-        self._recovered()
+        self._connected = True
         self._consecutive_gone = 0
         self._apply(batch)
         self._caught_up = batch.next == batch.head
         if not batch.records and not self._caught_up:
             # Behind the head yet handed nothing: asking again at once would spin.
             raise PeerError(f"no changes after {batch.next.encode()} although the head is {batch.head.encode()}")
+        # Only now, not when the upstream answered: a callback that keeps failing must keep backing off, and
+        # keep the outage clock running, although every request before it succeeds.
+        self._recovered()
         if self._caught_up:
             # To within one answer's transit: the upstream read its head just before answering.
             self._verified_at = received_at
@@ -423,7 +436,10 @@ class FeedFollower:
             self._applied += 1
             since = self._position = record.pos
             if record.hlc_wall is not None:
-                self._verified_at = max(self._verified_at or record.hlc_wall, record.hlc_wall)
+                # Never past our own clock: one stamp from an upstream whose clock runs ahead would otherwise
+                # hold the lag figure at 0 through any later outage.
+                stamped = min(record.hlc_wall, self._physical_time())
+                self._verified_at = max(self._verified_at or stamped, stamped)
         if batch.next.seq < since.seq:
             raise PeerError(f"next {batch.next.encode()} is behind the last change {since.encode()}")
         if batch.next.seq > since.seq:
@@ -468,13 +484,15 @@ class FeedFollower:
             raise _CallbackFailed(f"on_reset failed: {exc!r}") from exc
 
     def _recovered(self) -> None:
+        """A batch was applied (perhaps an empty one): the failures, the backoff and the outage are over."""
         if self._outage_since is not None:
-            log.info("feed %s: reachable again after %d failure(s)", self.upstream, self._failures)
+            log.info("feed %s: applying again after %d failure(s)", self.upstream, self._failures)
         self._connected = True
         self._failures = 0
         self._outage_since = None
         self._outage_reset_done = False
         self._backoff.reset()
+        self._retry_delay = None
 
     async def _fail_and_wait(self, exc: Exception) -> None:
         self._last_error = f"{type(exc).__name__}: {exc}"[:500]
@@ -492,6 +510,7 @@ class FeedFollower:
         if max_outage is not None and not self._outage_reset_done:
             # Wake at the outage deadline rather than up to one delay past it.
             delay = min(delay, max(0.0, self._outage_since + max_outage - now))
+        self._retry_delay = delay
         await asyncio.sleep(delay)
         self._check_outage()
 
