@@ -20,9 +20,9 @@ from predictor.cachemetrics import (
     ratio,
     warmed_first_request_misses,
 )
-from predictor.evaluation import roc_points
 from predictor.features import EventFacts
 from predictor.hinteval import HintFigures, choose_operating_point, first_requests, replay_model_hints
+from predictor.modelinputs import roc_points
 from predictor.replay import ObjectTable, ReplayError, Trace, WarmLoad, lru_cache, replay, s3fifo_cache
 from predictor.warming import (
     ForecastWarmList,
