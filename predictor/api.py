@@ -3,18 +3,20 @@
     POST   /v1/events                  a batch of user activity (predictor.ingest) -> {"accepted", "duplicates"}
     GET    /v1/hints/{user_id}         edge/hints.py's contract; 404 for a user without consent on record
     PUT    /v1/users/{user_id}/consent {"consent": true|false, "region": "eu-west"?}
-    DELETE /v1/users/{user_id}         204: profile, online features and pending hints are gone
+    DELETE /v1/users/{user_id}         204: profile, online features, pending hints and retry ids are gone
     GET    /v1/warm/{pop_id}           {"pop_id", "region", "generated_at", "urls": [{"url", "priority"}]}
     GET    /v1/forecast                origin/forecast.py's document (503 without a demand model)
     GET    /v1/health, GET /metrics
 
 Every call into the :class:`predictor.sidecar.Sidecar` goes through one
 single-thread executor (:meth:`Predictor.call`): batches apply whole and in
-order, and pandas and xgboost never block the event loop. The app owns two
-background tasks (``cleanup_ctx``): the model reloader, and the warm pusher
-that sends each configured POP its warm list ``warm_lead`` before every
-scheduled on-sale (``POST {pop}/_edge/warm``, bearer token, retried with
-backoff, every outcome logged and counted).
+order, and pandas and xgboost never block the event loop. That executor's
+queue has no bound of its own: a request that would wait behind
+``max_queued_calls`` others is answered 503 with Retry-After before its body
+is read. The app owns two background tasks (``cleanup_ctx``): the model
+reloader, and the warm pusher that sends each configured POP its warm list
+``warm_lead`` before every scheduled on-sale (``POST {pop}/_edge/warm``,
+bearer token, retried with backoff, every outcome logged and counted).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import contextlib
 import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,16 +61,20 @@ NO_STORE: Final = "no-store"
 PRIVATE: Final = "private, no-store"
 MAX_PUSH_SLEEP: Final = 30.0  # the pusher re-reads the clock at least this often (seconds)
 PUSH_BACKOFF: Final = 1.0  # seconds before the first retry of a warm push; doubles per attempt
+# Seconds an overloaded sidecar asks a client to wait (Retry-After, RFC 9110 section 10.2.3): the queue
+# drains in well under a second (a hint list takes milliseconds to score).
+OVERLOAD_RETRY_AFTER: Final = 1
 SCORING_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class ApiError(PredictorError):
     """An answer other than 2xx, with the status and a stable code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -101,6 +108,9 @@ class Predictor:
     metrics: PredictorMetrics = field(default_factory=PredictorMetrics)
     started_at: float = field(default_factory=time.monotonic)
     pushed: set[int] = field(default_factory=set)  # on-sale times whose warm lists went out
+    # Calls submitted to the executor and not finished: its own queue has no bound, so `admit` keeps one.
+    _queued: int = 0
+    _queued_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def models_dir(self) -> Path:
@@ -109,9 +119,39 @@ class Predictor:
     def now_ms(self) -> int:
         return round(self.clock() * 1000)
 
+    @property
+    def queued_calls(self) -> int:
+        """Calls waiting for or running on the sidecar's thread."""
+        return self._queued
+
+    def admit(self) -> None:
+        """Refuse a request that would wait behind ``max_queued_calls`` others for the sidecar's thread.
+
+        Raises:
+            ApiError: 503 with Retry-After; nothing was read or queued for the request.
+        """
+        if self._queued >= self.settings.max_queued_calls:
+            raise ApiError(
+                503, "overloaded", f"{self._queued} requests are waiting for the scoring thread; retry later",
+                retry_after=OVERLOAD_RETRY_AFTER,
+            )  # fmt: skip
+
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(*args)` on the sidecar's one thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
+        """Run `fn(*args)` on the sidecar's one thread (counted in `queued_calls` until it is done)."""
+        with self._queued_lock:
+            self._queued += 1
+        try:
+            job = self.executor.submit(fn, *args)
+        except BaseException:
+            self._call_done(None)
+            raise
+        # counted down when the job ends or is cancelled unstarted, not when an awaiting request goes away
+        job.add_done_callback(self._call_done)
+        return await asyncio.wrap_future(job)
+
+    def _call_done(self, _job: Future[Any] | None) -> None:
+        with self._queued_lock:  # runs on the executor's thread, or on the one that cancelled the job
+            self._queued -= 1
 
     async def timed(self, answer: str, fn: Callable[..., T], *args: Any) -> T:
         started = time.perf_counter()
@@ -162,6 +202,7 @@ def create_app(predictor: Predictor, *, background: bool = True) -> web.Applicat
 
 async def post_events(request: web.Request) -> web.StreamResponse:
     predictor = request.app[PREDICTOR]
+    predictor.admit()
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -190,6 +231,7 @@ def _ingest(sidecar: Sidecar, body: bytes, content_type: str, limits: BatchLimit
 
 async def put_consent(request: web.Request) -> web.StreamResponse:
     predictor = request.app[PREDICTOR]
+    predictor.admit()
     user_id = _user_id(request)
     doc = await _json_body(request)
     consent, region = doc.get("consent"), doc.get("region")
@@ -203,8 +245,9 @@ async def put_consent(request: web.Request) -> web.StreamResponse:
 
 async def delete_user(request: web.Request) -> web.StreamResponse:
     predictor = request.app[PREDICTOR]
+    predictor.admit()
     user_id = _user_id(request)
-    await predictor.call(predictor.sidecar.forget, user_id)
+    await predictor.call(predictor.sidecar.erase, user_id)
     return web.Response(status=204, headers={"Cache-Control": NO_STORE})
 
 
@@ -213,6 +256,7 @@ async def delete_user(request: web.Request) -> web.StreamResponse:
 
 async def get_hints(request: web.Request) -> web.StreamResponse:
     predictor = request.app[PREDICTOR]
+    predictor.admit()
     user_id = request.match_info["user_id"]
     answer = None
     if is_valid_user_id(user_id):
@@ -237,6 +281,7 @@ async def get_warm(request: web.Request) -> web.StreamResponse:
         raise ApiError(
             404, "unknown_pop", f"no POP {pop_id!r}: name a configured POP or a region ({', '.join(REGIONS)})"
         )
+    predictor.admit()
     now = predictor.now_ms()
     urls = await predictor.timed(
         "warm", predictor.sidecar.warm, region, now, round(predictor.settings.warm_lookahead * 1000)
@@ -246,11 +291,15 @@ async def get_warm(request: web.Request) -> web.StreamResponse:
 
 async def get_forecast(request: web.Request) -> web.StreamResponse:
     predictor = request.app[PREDICTOR]
+    predictor.admit()
     if predictor.sidecar.demand is None:
         raise ApiError(
             503, "no_demand_model", "no demand model in the models directory (run `boxoffice predictor train`)"
         )
-    doc = await predictor.timed("forecast", predictor.sidecar.forecast, predictor.now_ms())
+    try:
+        doc = await predictor.timed("forecast", predictor.sidecar.forecast, predictor.now_ms())
+    except PredictorError as exc:  # a reload dropped the demand model while this request waited
+        raise ApiError(503, "no_demand_model", exc.message) from None
     return _json(doc, cache_control=NO_STORE)
 
 
@@ -305,18 +354,32 @@ async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
 
 
 async def reload_models(predictor: Predictor) -> None:
-    """Every ``reload_interval``, serve the newest complete model versions if they changed."""
+    """Every ``reload_interval``, serve the newest complete model versions if they changed.
+
+    A model file is data from another process (`train`): whatever is wrong with it is logged (once
+    while the same versions keep failing the same way: no log line every round) and the loop goes on
+    serving the current models and trying again (the file may have been caught half-written). An
+    exception escaping here would end the reloader for good, and only show at shutdown.
+    """
+    last_failure = ""
     while True:
         await asyncio.sleep(predictor.settings.reload_interval)
+        latest: dict[str, int | None] | None = None
         try:
             latest = await asyncio.to_thread(_latest_versions, predictor.models_dir)
             if latest == predictor.model_versions() or latest[PURCHASE] is None:
                 continue
             scorer = await asyncio.to_thread(Scorer.load, predictor.models_dir)
+            # what serving reads of a model, checked before the swap so a bad file never gets served
+            _ = scorer.purchase.version, None if scorer.demand is None else (scorer.demand.version, scorer.horizon_ms)
             reset = await predictor.call(predictor.sidecar.use_scorer, scorer)
-        except (PredictorError, OSError) as exc:
-            log.warning("model reload failed, still serving %s: %s", predictor.model_versions(), exc)
+        except Exception as exc:  # see the docstring; CancelledError is not an Exception and still ends the loop
+            failure = f"{latest}: {type(exc).__name__}: {exc}"
+            if failure != last_failure:
+                log.warning("model reload of %s failed, still serving %s", failure, predictor.model_versions())
+            last_failure = failure
             continue
+        last_failure = ""
         predictor.metrics.reloads.inc()
         log.info("serving models %s%s", predictor.model_versions(),
                  " (the demand horizon changed: demand counters restarted)" if reset else "")  # fmt: skip
@@ -399,6 +462,8 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         response = await handler(request)
     except ApiError as exc:
         response = _error(exc.status, exc.code, exc.message)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -425,7 +490,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     raw = await request.read()  # HTTPRequestEntityTooLarge past client_max_size
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # deep nesting is garbage too; UnicodeDecodeError is a ValueError
         raise ApiError(400, "bad_request", f"the body is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")

@@ -103,7 +103,9 @@ def _documents(body: bytes, content_type: str, max_events: int) -> list[Any]:
         if len(document) > max_events:
             raise BatchRefused(f"{len(document)} events in one batch; at most {max_events}", status=413)
         return document
-    lines = [line for line in text.splitlines() if line.strip()]
+    # only "\n" ends a line (str.splitlines also splits at U+2028 and others, which JSON strings may hold);
+    # a "\r" before it is JSON whitespace
+    lines = [line for line in text.split("\n") if line.strip()]
     if len(lines) > max_events:
         raise BatchRefused(f"{len(lines)} events in one batch; at most {max_events}", status=413)
     return [_loads(line, f"events[{index}] (line {index + 1})") for index, line in enumerate(lines)]
@@ -131,7 +133,7 @@ def _event(doc: Any, index: int, known_events: Collection[str], limits: BatchLim
     if not isinstance(user_id, str) or not is_valid_user_id(user_id):
         raise BatchRefused(f"{where}.user_id: required, letters, digits and ._:@~- (at most 128), got {user_id!r}")
     action = doc.get("action")
-    if action not in ACTIONS:
+    if not isinstance(action, str) or action not in ACTIONS:  # a list or object is unhashable: test the type first
         raise BatchRefused(f"{where}.action: {action!r} is not one of {', '.join(sorted(ACTIONS))}")
     ts_ms = _timestamp(doc.get("ts"), f"{where}.ts")
     if ts_ms < now_ms - limits.max_age_ms:

@@ -15,7 +15,9 @@ The rules (issue 6, "privacy"):
   inferred.
 * **Delete removes everything**: :meth:`ConsentRegister.forget` drops the
   record (profile, bot label, recent events, pending hints); the sidecar
-  also drops the online features kept under the id.
+  also drops the online features kept under the id and the user's retry
+  ids (:meth:`predictor.sidecar.Sidecar.erase`), and keeps no copy of the
+  workload's user tables after seeding.
 
 Plain data, no I/O, no locks: the sidecar calls it from its one scoring thread.
 """

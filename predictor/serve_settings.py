@@ -58,6 +58,11 @@ class ServeSettings:
     max_batch_events: int = setting(1000, "most events in one POST /v1/events (413 beyond)")
     max_body: Bytes = setting(Bytes(1 * MiB), "largest request body accepted (413 beyond)")
     max_event_age: Seconds = setting(Seconds(60 * MINUTE), "oldest event accepted, behind the sidecar's clock")
+    # 64 waiting batches hold at most 64 x max_body (64 MiB by default); 64 hint lists take most of a
+    # second to score, longer than a POP waits for one (edge.hints: 300 ms), so more would be wasted work.
+    max_queued_calls: int = setting(
+        64, "requests waiting for the scoring thread at once; more get 503 with Retry-After (each may hold a body)"
+    )
     max_clock_skew: Seconds = setting(Seconds(5 * MINUTE), "furthest an event may be ahead of the sidecar's clock")
     warm_lead: Seconds = setting(Seconds(1 * MINUTE), "push a POP's warm list this long before an on-sale")
     warm_lookahead: Seconds = setting(Seconds(60 * MINUTE), "GET /v1/warm covers on-sales this far ahead")
@@ -80,7 +85,10 @@ class ServeSettings:
             raise SettingsError(f"predictor_serve.hint_threshold: a probability in [0, 1], got {self.hint_threshold}")
         if not 0 < self.hint_lifetime <= MAX_HINT_LIFETIME:
             raise SettingsError(f"predictor_serve.hint_lifetime: above 0 and at most {MAX_HINT_LIFETIME:.0f} s")
-        for name in ("max_batch_events", "max_body", "warm_push_attempts", "catalog_venues", "catalog_events"):
+        for name in (
+            "max_batch_events", "max_body", "max_queued_calls", "warm_push_attempts", "catalog_venues",
+            "catalog_events",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise SettingsError(f"predictor_serve.{name}: must be at least 1")
         for name in ("max_event_age", "warm_lead", "warm_lookahead", "warm_push_timeout"):

@@ -9,10 +9,14 @@ calls it only from one executor thread, so a batch is applied whole before
 anything reads, and pandas and xgboost never run on the event loop.
 
 Retries. Every event carries a client id; the ids of the last
-:data:`DEDUP_CAPACITY` applied events are remembered and a repeated id is
-counted as a duplicate and skipped, so a batch retried after a lost answer
-is not counted twice (a retry arriving after that many newer events would
-be; clients retry within seconds).
+:data:`DEDUP_CAPACITY` applied events are remembered and a repeated id (of
+the same user) is counted as a duplicate and skipped, so a batch retried
+after a lost answer is not counted twice (a retry arriving after that many
+newer events would be; clients retry within seconds). What is remembered is
+a keyed digest of (user id, event id) with a keyed digest of the user id, the
+key random per process: client ids often embed the user id, and nothing is
+kept under the id of a user without consent. ``DELETE`` (:meth:`Sidecar.erase`)
+drops the user's entries too.
 
 Hints name event pages (``/v1/events/{id}``): the purchase model scores
 (user, event) pairs, and its calibrated purchase probability is the score,
@@ -22,6 +26,17 @@ events around their on-sale; at most :data:`predictor.scoring.MAX_HINTS`
 at or above the threshold are kept, for ``hint_lifetime`` (the pending
 hints, dropped when the user's next event arrives or they are deleted).
 
+Item hints fill the slots the event pages leave free. A buyer opens the seat
+map (``/v1/items/{id}``) of the item they buy, so a hinted event's item ``i``
+scores the event's probability times ``i``'s share of the event's item
+requests (item views, holds and purchases naming it, counted from everyone's
+events since start, add-one smoothed over the event's catalog items; ties go
+in catalog order). Only items somebody requested are hinted: without
+observations every seat map is as likely as the next, and a guess among them
+costs a prefetch that is mostly wasted. The product stays at most the page's
+score and, like it, a lower bound; items below the threshold are dropped like
+pages. Pages come first: an item never displaces a page that qualifies.
+
 Bots get no hints: a user labelled ``"bot": true`` by any event, or whose
 online features look like one — at least :data:`BOT_MIN_ACTIONS` requests of
 which :data:`BOT_FAST_SHARE` or more came less than 3 s after the previous
@@ -30,7 +45,10 @@ one (on the generated workload, bots' share is ~0.96 and humans' under 0.1).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
+import secrets
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,7 +62,7 @@ from predictor.features import DAY_MS, HOUR_MS, MINUTE_MS, REQUEST_ACTIONS, Even
 from predictor.forecast import DemandState
 from predictor.ingest import IGNORED_ACTIONS, IncomingEvent
 from predictor.online import Activity, OnlineFeatures
-from predictor.privacy import ConsentRegister, UserRecord
+from predictor.privacy import MAX_USERS, ConsentRegister, UserRecord
 from predictor.scoring import MAX_HINTS, Scorer
 from predictor.warmlist import WarmUrl, warm_list
 
@@ -57,6 +75,8 @@ BOT_FAST_SHARE: Final = 0.5  # humans read ~25 s between pages; bots poll every 
 REGIONAL_CANDIDATES: Final = 32
 CANDIDATE_ONSALE_WINDOW_MS: Final = DAY_MS
 RECENT_WINDOW_MS: Final = HOUR_MS  # "requested now" for warm lists
+ITEM_ACTIONS: Final = frozenset({"item_view", "hold", "purchase"})  # requests that name the item chosen
+DIGEST_BYTES: Final = 16  # 128-bit keyed digests: no collision among DEDUP_CAPACITY ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,19 +137,35 @@ def _trim(minutes: OrderedDict[int, int], oldest: int) -> None:
 
 
 class Sidecar:
-    def __init__(self, catalog: CatalogData, scorer: Scorer, hint_threshold: float, hint_lifetime_ms: int) -> None:
-        self.catalog = catalog
+    def __init__(
+        self,
+        catalog: CatalogData,
+        scorer: Scorer,
+        hint_threshold: float,
+        hint_lifetime_ms: int,
+        *,
+        max_users: int = MAX_USERS,
+        dedup_capacity: int = DEDUP_CAPACITY,
+    ) -> None:
+        # The workload's tables are read once, for the consenting profiles: kept, they would hold every
+        # user's row (consenting or not) past a DELETE.
+        self.catalog = dataclasses.replace(catalog, users=None, purchase_history=None)
         self.facts = catalog.facts
         self.scorer = scorer
         self.hint_threshold = hint_threshold
         self.hint_lifetime_ms = hint_lifetime_ms
-        self.users = ConsentRegister()
+        self.users = ConsentRegister(max_users)
         self.online = OnlineFeatures(self.facts, self.users.profiles(()))
         self.demand = DemandState(self.facts, scorer.horizon_ms) if scorer.demand is not None else None
         self.known_events = frozenset(self.facts.frame.index)
         self.events_applied = 0
-        self._seen_ids: OrderedDict[str, None] = OrderedDict()
+        self.dedup_capacity = dedup_capacity
+        self._digest_key = secrets.token_bytes(32)
+        self._seen_ids: OrderedDict[bytes, bytes] = OrderedDict()  # digest(user, event id) -> digest(user)
         self._region_requests = _RegionRequests()
+        # item -> its event, for the catalog's items only (so counting cannot grow past the catalog)
+        self._item_event = {item: event for event, items in catalog.items_by_event.items() for item in items}
+        self._item_views: dict[str, dict[str, int]] = {}  # event -> item -> requests naming it
         self._seed_users(catalog.users, catalog.purchase_history)
 
     # Models --------------------------------------------------------------------------
@@ -149,10 +185,11 @@ class Sidecar:
         """Apply a validated batch (:func:`predictor.ingest.parse_batch`), skipping ids already applied."""
         accepted = duplicates = 0
         for event in events:
-            if event.id in self._seen_ids:
+            key = self._digest(event.user_id, event.id)
+            if key in self._seen_ids:
                 duplicates += 1
                 continue
-            self._remember(event.id)
+            self._remember(key, self._digest(event.user_id))
             self._apply(event)
             accepted += 1
         self.events_applied += accepted
@@ -172,6 +209,14 @@ class Sidecar:
         known = self.users.forget(user_id) or self.online.knows(user_id)
         self.online.forget(user_id)
         return known
+
+    def erase(self, user_id: str) -> bool:
+        """``DELETE``: :meth:`forget`, and the user's retry ids too (one pass over them: deletes are rare)."""
+        user_digest = self._digest(user_id)
+        gone = [key for key, owner in self._seen_ids.items() if owner == user_digest]
+        for key in gone:
+            del self._seen_ids[key]
+        return self.forget(user_id) or bool(gone)
 
     def knows(self, user_id: str) -> bool:
         return self.users.get(user_id) is not None or self.online.knows(user_id)
@@ -197,11 +242,12 @@ class Sidecar:
             if not bot:
                 probability = self.scorer.score(features)
                 order = np.argsort(-probability, kind="stable")[:MAX_HINTS]
-                hints = tuple(
-                    (f"/v1/events/{candidates[i]}", round(float(probability[i]), 6))
+                events = [
+                    (candidates[i], float(probability[i]))
                     for i in order.tolist()
                     if probability[i] >= self.hint_threshold
-                )
+                ]
+                hints = self._with_items(events)
         expires = now_ms + self.hint_lifetime_ms
         record.pending_hints = (expires, hints)
         return HintAnswer(user_id, hints, expires, bot)
@@ -227,6 +273,35 @@ class Sidecar:
         return self.scorer.forecast(self.demand, now_ms)
 
     # Internals ------------------------------------------------------------------------
+    def _with_items(self, events: list[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
+        """The hinted events' pages, best first, then their likeliest items in the slots left (module docstring)."""
+        pages = [(f"/v1/events/{event}", probability) for event, probability in events]
+        items = [
+            (f"/v1/items/{item}", probability * share)
+            for event, probability in events
+            for item, share in self._likely_items(event)[: MAX_HINTS - len(pages)]
+            if probability * share >= self.hint_threshold
+        ]
+        items.sort(key=lambda hint: -hint[1])  # stable: on a tie, the better event's item first
+        return tuple((url, round(score, 6)) for url, score in [*pages, *items][:MAX_HINTS])
+
+    def _likely_items(self, event_id: str) -> list[tuple[str, float]]:
+        """The event's requested catalog items with their add-one smoothed share of its item requests,
+        likeliest first (ties in catalog order); none before anybody requested one."""
+        items = self.catalog.items_by_event.get(event_id, ())
+        views = self._item_views.get(event_id, {})
+        total = sum(views.values()) + len(items)
+        ranked = sorted((item for item in items if views.get(item, 0) > 0), key=lambda item: -views[item])
+        return [(item, (views[item] + 1) / total) for item in ranked]  # sorted is stable: catalog order on ties
+
+    def _digest(self, *parts: str) -> bytes:
+        digest = hashlib.blake2b(key=self._digest_key, digest_size=DIGEST_BYTES)
+        for part in parts:  # length-prefixed: ("ab", "c") and ("a", "bc") differ
+            data = part.encode("utf-8", "surrogatepass")
+            digest.update(len(data).to_bytes(4, "big"))
+            digest.update(data)
+        return digest.digest()
+
     def _apply(self, event: IncomingEvent) -> None:
         user = event.user_id
         if event.consent is True:
@@ -245,6 +320,12 @@ class Sidecar:
             record.pending_hints = None
         if event.action in IGNORED_ACTIONS:
             return
+        # an item of another event, or not in the catalog, is not counted (the counts stay within the catalog)
+        item_event = None if event.item_id is None else self._item_event.get(event.item_id)
+        if event.action in ITEM_ACTIONS and item_event is not None and item_event == event.event_id:
+            assert event.item_id is not None
+            views = self._item_views.setdefault(event.event_id, {})
+            views[event.item_id] = views.get(event.item_id, 0) + 1
         self.online.update(Activity(event.ts_ms, user, event.action, event.event_id, event.session_id))
         if record is None:  # no consent: only the per-event totals keep this event
             self.online.forget(user)
@@ -254,9 +335,9 @@ class Sidecar:
             if self.demand is not None:
                 self.demand.update(event.ts_ms, region, event.event_id)
 
-    def _remember(self, event_key: str) -> None:
-        self._seen_ids[event_key] = None
-        if len(self._seen_ids) > DEDUP_CAPACITY:
+    def _remember(self, key: bytes, user_digest: bytes) -> None:
+        self._seen_ids[key] = user_digest
+        if len(self._seen_ids) > self.dedup_capacity:
             self._seen_ids.popitem(last=False)
 
     def _candidates(self, record: UserRecord, now_ms: int) -> list[str]:
