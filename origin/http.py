@@ -8,6 +8,10 @@ locally and become orders through fenced sale reports (origin.shardsales);
 every other hold and order is forwarded to the upstream. The primary serves
 the lease API (origin.leasing) and sweeps lapsed allotments back.
 
+On shutdown every open ``/v1/changes`` long-poll is woken and answers what
+it has (``_end_long_polls``), so a stop does not wait out their ``wait``.
+Request readers and response writers are in origin.httpio.
+
 Every error leaves as ``{"error": {"status", "code", "message"}}`` with the
 right status, including aiohttp's own (404 for unknown routes, 405, 413).
 """
@@ -16,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +33,19 @@ from ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ops.metrics import Registry
 from origin.changefeed import Position, check_since
 from origin.errors import BadRequest, NotFound, OriginError, PositionGone
+from origin.httpio import (  # moved out of this module; names kept
+    NO_STORE,
+    _cacheable,
+    _error,
+    _item_cache_control,
+    _json,
+    _json_body,
+    _path_id,
+    _query_float,
+    _query_int,
+    _query_text,
+    _snapshot_filter,
+)
 from origin.leasing import SWEEP_BATCH as LEASE_SWEEP_BATCH
 from origin.leasing import Leasing, add_lease_routes
 from origin.ledger import Ledger, check_idempotency_key, parse_hold_request, parse_order_request
@@ -40,7 +55,7 @@ from origin.settings import OriginSettings
 from origin.shard import Shard, ShardNotReady, forward_write
 from origin.shardsales import ShardSales, add_sales_routes
 from origin.store.base import MAX_CHANGE_BATCH, MAX_PAGE_ROWS, Store
-from origin.validators import http_date, is_not_modified, item_etag
+from origin.validators import item_etag
 
 log = logging.getLogger("boxoffice.origin")
 
@@ -51,9 +66,6 @@ FEED_POLL_INTERVAL: Final = 0.5
 # Holds released per sweep; the rest wait for the next tick instead of
 # monopolising the writer after a long pause.
 SWEEP_BATCH: Final = 500
-MAX_ID_LENGTH: Final = 128
-NO_STORE: Final = "no-store"
-JSON_TYPE: Final = "application/json"
 
 
 @dataclass
@@ -85,6 +97,9 @@ class Origin:
     shard_map: ShardMapService | None = None  # set with the primary role: GET/PUT /v1/shardmap
     leasing: Leasing | None = None  # set with the primary role: /v1/leases
     sales: ShardSales | None = None  # set with the shard role: local holds within leases
+    # Set when the server starts shutting down: open long-polls answer at once
+    # instead of holding the shutdown for their whole `wait`.
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 ORIGIN: Final = web.AppKey("origin", Origin)
@@ -96,6 +111,7 @@ def create_app(origin: Origin, *, background: bool = True) -> web.Application:
     """The aiohttp application; with `background`, it also owns the sweeper and pruner tasks."""
     app = web.Application(client_max_size=origin.settings.max_body, middlewares=[_errors_and_metrics])
     app[ORIGIN] = origin
+    app.on_shutdown.append(_end_long_polls)
     app.router.add_get("/v1/items/{item_id}", get_item)
     app.router.add_get("/v1/events", list_events)
     app.router.add_get("/v1/events/{event_id}", get_event)
@@ -131,6 +147,7 @@ async def get_item(request: web.Request) -> web.StreamResponse:
     item_id = _path_id(request, "item_id")
     item = await origin.store.item(item_id)
     if item is None:
+        _check_placed(origin, None)
         raise NotFound(f"no item {item_id}")
     return _cacheable(
         request,
@@ -145,6 +162,7 @@ async def get_event(request: web.Request) -> web.StreamResponse:
     origin = request.app[ORIGIN]
     _check_ready(origin)
     event_id = _path_id(request, "event_id")
+    _check_placed(origin, event_id)
     event = await origin.store.event(event_id)
     if event is None:
         raise NotFound(f"no event {event_id}")
@@ -292,7 +310,7 @@ async def get_changes(request: web.Request) -> web.StreamResponse:
             # records in between are gone, and skipping them would be a silent gap.
             raise PositionGone(f"position {since.seq} was pruned while reading: re-snapshot")
         remaining = deadline - time.monotonic()
-        if records or remaining <= 0:
+        if records or remaining <= 0 or origin.closing.is_set():
             break
         await _head_watch_wait(origin.store, min(remaining, FEED_POLL_INTERVAL))
     next_position = records[-1].pos if records else since
@@ -399,111 +417,29 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
     return response
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return _json({"error": {"status": status, "code": code, "message": message}}, status=status,
-                 headers={"Cache-Control": NO_STORE})  # fmt: skip
-
-
-def _json(doc: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-    return web.Response(body=body, status=status, headers=headers, content_type=JSON_TYPE)
-
-
-def _cacheable(
-    request: web.Request, doc: Any, *, etag: str | None, modified: datetime | None, cache_control: str
-) -> web.Response:
-    """A public, cacheable JSON response that honours If-None-Match / If-Modified-Since."""
-    body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-    if etag is None:
-        etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-    headers = {"ETag": etag, "Cache-Control": cache_control}
-    if modified is not None:
-        headers["Last-Modified"] = http_date(modified)
-    not_modified = is_not_modified(
-        request.headers.get("If-None-Match"),
-        request.headers.get("If-Modified-Since") if modified is not None else None,
-        etag,
-        modified or datetime.now(UTC),
-    )
-    if not_modified:
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=body, headers=headers, content_type=JSON_TYPE)
-
-
-def _item_cache_control(settings: OriginSettings) -> str:
-    return (
-        f"public, max-age={int(settings.item_max_age)}, "
-        f"stale-while-revalidate={int(settings.item_stale_while_revalidate)}, "
-        f"stale-if-error={int(settings.item_stale_if_error)}"
-    )
-
-
-async def _json_body(request: web.Request) -> Any:
-    # The body is parsed as JSON whatever Content-Type says: `curl -d` labels
-    # JSON as a form, and a body that does not parse gets a precise 400 anyway.
-    raw = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
-
-
-def _path_id(request: web.Request, name: str) -> str:
-    value = request.match_info[name]
-    if len(value) > MAX_ID_LENGTH:
-        raise NotFound(f"no {name.removesuffix('_id')} with a {len(value)}-character id")
-    return value
-
-
-def _query_text(request: web.Request, name: str) -> str | None:
-    value = request.query.get(name)
-    if value is not None and not 0 < len(value) <= MAX_ID_LENGTH:
-        raise BadRequest(f"{name} must be 1 to {MAX_ID_LENGTH} characters")
-    return value
-
-
-def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    # ASCII digits only: str.isdigit() accepts '²', which int() refuses, and
-    # int() refuses more than 4,300 digits.
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(high)) or not low <= int(raw) <= high:
-        raise BadRequest(f"{name} must be an integer from {low} to {high}")
-    return int(raw)
-
-
-def _query_float(request: web.Request, name: str, default: float, low: float, high: float) -> float:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be a number of seconds from {low:g} to {high:g}") from None
-    if not low <= value <= high:
-        raise BadRequest(f"{name} must be a number of seconds from {low:g} to {high:g}")
-    return value
-
-
-def _snapshot_filter(raw: str | None) -> tuple[str | None, list[str] | None]:
-    if raw is None or raw == "":
-        return None, None
-    kind, _, value = raw.partition(":")
-    values = [part for part in value.split(",") if part]
-    if kind == "region" and len(values) == 1:
-        return values[0], None
-    if kind == "event" and 0 < len(values) <= MAX_PAGE_ROWS:
-        return None, values
-    raise BadRequest("filter must be region:REGION or event:ID[,ID...]")
-
-
 def _check_ready(origin: Origin) -> None:
     """On a shard, refuse reads (503) until bootstrapped and within max_lag, so POPs fail over."""
     if origin.shard is not None:
         error = origin.shard.ready_error()
         if error is not None:
             raise error
+
+
+def _check_placed(origin: Origin, event_id: str | None) -> None:
+    """On a shard, 503 for an event placed here but not copied yet (None: a miss whose event is unknown)."""
+    if origin.shard is not None:
+        error = origin.shard.placement_error(event_id)
+        if error is not None:
+            raise error
+
+
+async def _end_long_polls(app: web.Application) -> None:
+    """on_shutdown: answer every open `/v1/changes` long-poll now, so shutdown does not wait out `wait`."""
+    origin = app[ORIGIN]
+    origin.closing.set()
+    watch = getattr(origin.store, "head_watch", None)
+    if watch is not None:
+        watch.notify()  # wakes the waiting polls; each sees `closing` and answers what it has
 
 
 async def _filter_events(store: Store, region: str | None, event_ids: list[str] | None) -> list[Event]:

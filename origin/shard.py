@@ -43,6 +43,10 @@ mix two histories), and while the lag in seconds (how long since the shard was
 last caught up with the head the upstream showed it) is at most ``max_lag``;
 otherwise they, and ``/v1/health``, answer 503 with Retry-After so POPs fail over.
 
+The upstream's HTTP client and the parsers that check its answers are in
+origin.upstream. A read of an event the shard map places here but whose copy
+is not complete answers 503 too (:meth:`Shard.placement_error`), never 404.
+
 Writes are not sold here yet: :func:`forward_write` sends them to the upstream
 unchanged (selling within a lease is a later step and replaces that function).
 """
@@ -50,14 +54,11 @@ unchanged (selling within a lease is a later step and replaces that function).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
-import json
 import logging
 import random
 import time
-import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
@@ -67,26 +68,38 @@ from aiohttp import web
 
 from ops.metrics import Registry
 from origin.changefeed import OP_DELETE, ChangeRecord, Position, item_patch
-from origin.errors import BadRequest, OriginError, PositionGone, ServerError, StoredDataError
-from origin.model import Event, Item, Venue
+from origin.errors import OriginError, PositionGone, ServerError, StoredDataError
+from origin.model import Event, Item
 from origin.replica import Outcome, apply_record, replace_row
 from origin.settings import OriginSettings
 from origin.store.base import MAX_PAGE_ROWS, Store, Transaction
+
+# The upstream client and parsers moved to origin.upstream; re-exported here for
+# the callers and tests that import them from origin.shard.
+from origin.upstream import FOLLOW_BATCH as FOLLOW_BATCH
+from origin.upstream import MAX_UPSTREAM_BODY as MAX_UPSTREAM_BODY
+from origin.upstream import ChangesDoc as ChangesDoc
+from origin.upstream import SnapshotDoc as SnapshotDoc
+from origin.upstream import Upstream as Upstream
+from origin.upstream import UpstreamError as UpstreamError
+from origin.upstream import _inflate as _inflate
+from origin.upstream import parse_changes as parse_changes
+from origin.upstream import parse_snapshot as parse_snapshot
+from origin.upstream import shard_events as shard_events
+from origin.upstream import upstream_session as upstream_session
 
 log = logging.getLogger("boxoffice.shard")
 
 # The checkpoint row of the one upstream a shard follows.
 UPSTREAM_SOURCE: Final = "upstream"
-# Records per feed request; one batch is one transaction on the shard.
-FOLLOW_BATCH: Final = 500
-# Largest upstream body accepted after decompression: a full snapshot page is
-# about 0.5 MiB (store.base.MAX_PAGE_ROWS), a feed batch less; 32 MiB refuses
-# only a peer that is not a boxoffice origin.
-MAX_UPSTREAM_BODY: Final = 32 * 1024 * 1024
 # Backoff after a failed step: doubles from the first to the cap, with full
 # jitter so shards restarted together do not hammer the upstream in step.
 BACKOFF_FIRST: Final = 0.2
 BACKOFF_CAP: Final = 10.0
+# Failures counted towards the backoff: 2**32 × BACKOFF_FIRST is far past the
+# cap, while an unbounded count overflows the float product after ~1,024
+# failures (a few hours of upstream outage) and would end the sync loop.
+MAX_BACKOFF_DOUBLINGS: Final = 32
 # Event ids whose region was asked of the upstream and is not ours; bounded so
 # a long-lived region shard does not grow without limit.
 MAX_FOREIGN_EVENTS: Final = 100_000
@@ -99,13 +112,6 @@ class SyncState(enum.Enum):
     BOOTSTRAPPING = "bootstrapping"
     FOLLOWING = "following"
     RESNAPSHOTTING = "resnapshotting"
-
-
-class UpstreamError(ServerError):
-    """The upstream was unreachable, timed out, or answered something we cannot use."""
-
-    status = 502
-    code = "upstream_error"
 
 
 class ShardNotReady(ServerError):
@@ -149,177 +155,6 @@ class ShardMetrics:
         self.errors = r.counter("shard_sync_errors_total", "Failed sync steps by error code", ("code",))
         self.lag_records = r.gauge("shard_lag_records", "Upstream head minus checkpoint, in records")
         self.lag_seconds = r.gauge("shard_lag_seconds", "Seconds since the shard was last caught up")
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotDoc:
-    position: Position
-    items: tuple[Item, ...]
-    events: tuple[Event, ...]
-    venues: tuple[Venue, ...]
-    next_after: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ChangesDoc:
-    records: tuple[ChangeRecord, ...]
-    next: Position
-    head: Position
-
-
-# Upstream client -------------------------------------------------------------
-
-
-class Upstream:
-    """The few upstream calls a shard makes, each with a finite timeout, asking for gzip.
-
-    The session is created with ``auto_decompress=False`` so the bytes counted
-    are the bytes on the wire; bodies are inflated here with a size bound.
-    Every failure leaves as :class:`UpstreamError` (or PositionGone for 410).
-    """
-
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, timeout: float, metrics: ShardMetrics) -> None:
-        self._session = session
-        self._base = base_url.rstrip("/")
-        self._timeout = timeout
-        self._metrics = metrics
-
-    async def get_json(self, url: str, *, extra_wait: float = 0.0, allow_404: bool = False) -> Any:
-        timeout = aiohttp.ClientTimeout(total=self._timeout + extra_wait)
-        try:
-            async with self._session.get(url, headers={"Accept-Encoding": "gzip"}, timeout=timeout) as resp:
-                raw = await resp.content.read(MAX_UPSTREAM_BODY + 1)
-                status, encoding = resp.status, resp.headers.get("Content-Encoding", "")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
-        self._metrics.bytes_received.inc(amount=len(raw))
-        if status == 404 and allow_404:
-            return None
-        body = _inflate(raw, encoding, url)
-        if status == 410:
-            raise PositionGone(f"upstream answered 410 to {url}")
-        if status != 200:
-            raise UpstreamError(f"GET {url}: status {status}: {body[:200]!r}")
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            raise UpstreamError(f"GET {url}: body is not JSON: {exc}") from exc
-
-    async def snapshot(self, snapshot_filter: str, after: str | None) -> SnapshotDoc:
-        query = f"filter={_quote(snapshot_filter)}&limit={MAX_PAGE_ROWS}"
-        if after is not None:
-            query += f"&after={_quote(after)}"
-        return parse_snapshot(await self.get_json(f"{self._base}/v1/snapshot?{query}"))
-
-    async def changes(self, since: Position, wait: float) -> ChangesDoc:
-        url = f"{self._base}/v1/changes?since={since.encode()}&limit={FOLLOW_BATCH}&wait={wait:g}"
-        return parse_changes(await self.get_json(url, extra_wait=wait))
-
-    async def item(self, item_id: str) -> Item | None:
-        doc = await self.get_json(f"{self._base}/v1/items/{_quote(item_id)}", allow_404=True)
-        return None if doc is None else _decoded(Item.from_document, doc, "item")
-
-    async def event(self, event_id: str) -> tuple[Event, Venue | None] | None:
-        doc = await self.get_json(f"{self._base}/v1/events/{_quote(event_id)}", allow_404=True)
-        if doc is None:
-            return None
-        if not isinstance(doc, dict) or not isinstance(doc.get("event"), dict):
-            raise UpstreamError(f"event {event_id}: the answer has no event document")
-        venue_doc = doc.get("venue")
-        venue = _decoded(Venue.from_document, venue_doc, "venue") if isinstance(venue_doc, dict) else None
-        return _decoded(Event.from_document, doc["event"], "event"), venue
-
-
-def _inflate(raw: bytes, encoding: str, url: str) -> bytes:
-    if len(raw) > MAX_UPSTREAM_BODY:
-        raise UpstreamError(f"GET {url}: body larger than {MAX_UPSTREAM_BODY} bytes")
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return raw
-    if encoding not in ("gzip", "deflate"):
-        raise UpstreamError(f"GET {url}: unsupported Content-Encoding {encoding!r}")
-    # wbits 47 reads gzip or zlib headers; deflate without a header is the raw form.
-    inflater = zlib.decompressobj(47 if encoding == "gzip" else zlib.MAX_WBITS)
-    try:
-        body = inflater.decompress(raw, MAX_UPSTREAM_BODY + 1)
-    except zlib.error as exc:
-        raise UpstreamError(f"GET {url}: body does not inflate: {exc}") from exc
-    if len(body) > MAX_UPSTREAM_BODY or inflater.unconsumed_tail:
-        raise UpstreamError(f"GET {url}: inflated body larger than {MAX_UPSTREAM_BODY} bytes")
-    return body
-
-
-def _quote(text: str) -> str:
-    from urllib.parse import quote
-
-    return quote(text, safe=":,")
-
-
-def _decoded(decode: Callable[[dict[str, Any]], Any], doc: Any, what: str) -> Any:
-    if not isinstance(doc, dict):
-        raise UpstreamError(f"upstream sent a {what} that is not an object")
-    try:
-        return decode(doc)
-    except (StoredDataError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise UpstreamError(f"upstream sent a bad {what} document: {exc}") from exc
-
-
-def _position(raw: Any, what: str) -> Position:
-    if not isinstance(raw, str):
-        raise UpstreamError(f"upstream {what} is not a position string")
-    try:
-        return Position.parse(raw)
-    except BadRequest as exc:
-        raise UpstreamError(f"upstream {what}: {exc.message}") from exc
-
-
-def _list(doc: dict[str, Any], key: str) -> list[Any]:
-    value = doc.get(key, [])
-    if not isinstance(value, list):
-        raise UpstreamError(f"upstream {key} is not a list")
-    return value
-
-
-def parse_snapshot(doc: Any) -> SnapshotDoc:
-    """Validate a `/v1/snapshot` answer. Raises UpstreamError naming what is wrong."""
-    if not isinstance(doc, dict):
-        raise UpstreamError("upstream snapshot is not an object")
-    next_after = doc.get("next_after")
-    if next_after is not None and not isinstance(next_after, str):
-        raise UpstreamError("upstream snapshot next_after is not a string")
-    return SnapshotDoc(
-        position=_position(doc.get("position"), "snapshot position"),
-        items=tuple(_decoded(Item.from_document, item, "item") for item in _list(doc, "items")),
-        events=tuple(_decoded(Event.from_document, event, "event") for event in _list(doc, "events")),
-        venues=tuple(_decoded(Venue.from_document, venue, "venue") for venue in _list(doc, "venues")),
-        next_after=next_after,
-    )
-
-
-def parse_changes(doc: Any) -> ChangesDoc:
-    """Validate a `/v1/changes` answer: records in order, one epoch. Raises UpstreamError."""
-    if not isinstance(doc, dict):
-        raise UpstreamError("upstream changes answer is not an object")
-    records = []
-    for raw in _list(doc, "changes"):
-        if not isinstance(raw, dict):
-            raise UpstreamError("upstream change record is not an object")
-        item_id, version, hlc, op, patch = (raw.get(key) for key in ("item_id", "version", "hlc", "op", "patch"))
-        if not (isinstance(item_id, str) and item_id and isinstance(hlc, str) and isinstance(patch, dict)):
-            raise UpstreamError("upstream change record lacks item_id, hlc or patch")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise UpstreamError(f"upstream change record for {item_id} has a bad version")
-        if op not in ("upsert", "delete"):
-            raise UpstreamError(f"upstream change record for {item_id} has unknown op {op!r}")
-        records.append(ChangeRecord(_position(raw.get("pos"), "record pos"), item_id, version, hlc, op, patch))
-    next_position = _position(doc.get("next"), "next")
-    head = _position(doc.get("head"), "head")
-    positions = [record.pos for record in records]
-    if any(pos.epoch != head.epoch for pos in positions) or next_position.epoch != head.epoch:
-        raise UpstreamError("upstream changes mix epochs")
-    if positions != sorted(positions) or (positions and positions[-1] != next_position) or next_position > head:
-        raise UpstreamError("upstream changes are out of order or past their head")
-    return ChangesDoc(tuple(records), next_position, head)
 
 
 # Lag ---------------------------------------------------------------------------
@@ -392,6 +227,22 @@ class Shard:
             )
         return None
 
+    def placement_error(self, event_id: str | None) -> ShardNotReady | None:
+        """A 503 for an event placed on this shard whose copy is not complete yet, or None.
+
+        A POP caches a 404; an event the shard map just placed here is not
+        missing, only not copied yet, so it is refused with Retry-After and
+        the POP fails over. `event_id` None is a miss whose event is unknown
+        (an item id): refused while any placed event is still being copied.
+        """
+        if self.desired is None:
+            return None
+        pending = self.desired - self.mirrored
+        if not pending or (event_id is not None and event_id not in pending):
+            return None
+        what = f"event {event_id}" if event_id is not None else f"{len(pending)} newly placed event(s)"
+        return ShardNotReady(f"shard is still copying {what}", self.NOT_READY_RETRY_AFTER)
+
     def health(self) -> dict[str, Any]:
         behind = self.lag.seconds(self.clock())
         self.metrics.lag_seconds.set(behind or 0.0)
@@ -426,7 +277,7 @@ class Shard:
             except Exception as exc:
                 # Bad upstream answers are UpstreamError; anything else is our bug,
                 # logged with its traceback, and still only delays the next try.
-                failures += 1
+                failures = min(failures + 1, MAX_BACKOFF_DOUBLINGS)
                 self.last_error = exc.message if isinstance(exc, OriginError) else f"{type(exc).__name__}: {exc}"
                 self.metrics.errors.inc(exc.code if isinstance(exc, OriginError) else "internal_error")
                 if not isinstance(exc, OriginError):
@@ -700,22 +551,6 @@ class Shard:
             self.mirrored.add(event_id)
 
 
-def shard_events(doc: Any, shard_id: str) -> set[str]:
-    """This shard's events from a shard map document; a shard absent from the map mirrors none.
-
-    Raises UpstreamError when the document is not a shard map.
-    """
-    if not isinstance(doc, dict) or not isinstance(doc.get("shards"), dict):
-        raise UpstreamError("shard map has no shards object")
-    entry = doc["shards"].get(shard_id)
-    if entry is None:
-        return set()
-    events = entry.get("events") if isinstance(entry, dict) else None
-    if not isinstance(events, list) or not all(isinstance(event, str) and event for event in events):
-        raise UpstreamError(f"shard map entry of {shard_id} has no list of event ids")
-    return set(events)
-
-
 async def _all_events(store: Store) -> list[Event]:
     found: list[Event] = []
     after: str | None = None
@@ -752,11 +587,3 @@ async def forward_write(shard: Shard, request: web.Request, body: bytes) -> web.
             )
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise UpstreamError(f"forwarding {request.method} {request.path} upstream failed: {exc}") from exc
-
-
-@contextlib.asynccontextmanager
-async def upstream_session() -> AsyncIterator[aiohttp.ClientSession]:
-    """The shard's HTTP client: no automatic inflation (bytes are counted on the wire), bounded pool."""
-    connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=60)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-        yield session

@@ -67,8 +67,12 @@ REPORT_ATTEMPTS: Final = 3
 # Orders this shard confirmed, remembered so a repeated POST /v1/orders for the
 # same hold replays its order; bounded, oldest forgotten first.
 MAX_REMEMBERED_ORDERS: Final = 10_000
+# Sale reports sent and not answered yet, kept so a retried order resends its
+# report after the lease closed; bounded like the orders, oldest forgotten first.
+MAX_UNANSWERED_REPORTS: Final = 10_000
 # Backoff between failed restarts (the origin is down when a shard starts).
 RESTART_BACKOFF_CAP: Final = 10.0
+RESTART_MAX_DOUBLINGS: Final = 32
 JSON_TYPE: Final = "application/json"
 
 _REFUSALS: Final[Mapping[str, type[OriginError]]] = {
@@ -152,6 +156,9 @@ class ShardSales:
     last_error: str | None = None
     _holds: dict[str, HoldInfo] = field(default_factory=dict)
     _orders: dict[str, dict[str, Any]] = field(default_factory=dict)  # hold id → confirmed order document
+    # hold id → its sale report, from sending until a verdict arrives: the
+    # buyer's retry resends it even after the lease (and the hold) ended.
+    _unanswered: dict[str, tuple[SaleReport, HoldInfo]] = field(default_factory=dict)
     _events: dict[str, str] = field(default_factory=dict)  # item → event id, from grants
 
     def __post_init__(self) -> None:
@@ -216,7 +223,7 @@ class ShardSales:
         }
 
     def is_local(self, hold_id: str) -> bool:
-        return hold_id in self._holds or hold_id in self._orders
+        return hold_id in self._holds or hold_id in self._orders or hold_id in self._unanswered
 
     async def place_order(self, hold_id: str) -> tuple[dict[str, Any], bool] | None:
         """(201 body, replayed) for a local hold once the origin accepted its sale; None: not ours, forward.
@@ -228,15 +235,24 @@ class ShardSales:
         if hold_id in self._orders:
             return {"order": self._orders[hold_id]}, True
         info = self._holds.get(hold_id)
-        if info is None:
+        unanswered = self._unanswered.get(hold_id)
+        current = None if info is None else self.escrows.get(info.item_id)
+        if unanswered is not None and (current is None or current.hold(hold_id) is None):
+            # Its report went out and no verdict came back, and the lease has
+            # since closed: the origin may have sold it. Resend the same report;
+            # the origin answers with the verdict it stored (or refuses it now).
+            report, info = unanswered
+        elif info is None:
             return None
-        current = self.escrows.get(info.item_id)
-        if current is None or current.hold(hold_id) is None:
+        elif current is None or current.hold(hold_id) is None:
             self._holds.pop(hold_id, None)
             raise HoldExpired(f"hold {hold_id} ended: it expired, or this shard's lease on {info.item_id} ended")
-        current, report = core.sale_request(current, hold_id, self.now(), self.policy)
-        self.escrows[info.item_id] = current
+        else:
+            current, report = core.sale_request(current, hold_id, self.now(), self.policy)
+            self.escrows[info.item_id] = current
+            self._remember_unanswered(hold_id, report, info)
         status, doc = await self._send_report(report, info)
+        self._unanswered.pop(hold_id, None)
         code = "accepted" if status == 201 else _error_code(doc)
         verdict = Verdict(report.sale_id, report.epoch, status == 201, code)
         latest = self.escrows.get(info.item_id)
@@ -279,6 +295,11 @@ class ShardSales:
             "the order's outcome is unknown: retry it"
         )
 
+    def _remember_unanswered(self, hold_id: str, report: SaleReport, info: HoldInfo) -> None:
+        self._unanswered[hold_id] = (report, info)
+        while len(self._unanswered) > MAX_UNANSWERED_REPORTS:
+            del self._unanswered[next(iter(self._unanswered))]
+
     def _remember(self, hold_id: str, order: dict[str, Any]) -> None:
         self._orders[hold_id] = order
         while len(self._orders) > MAX_REMEMBERED_ORDERS:
@@ -291,11 +312,18 @@ class ShardSales:
         while not self.restarted:
             try:
                 await self.restart()
-            except OriginError as exc:
-                failures += 1
-                self.last_error = exc.message
+            except Exception as exc:
+                # A garbage answer must not end the loop (the shard would never
+                # sell again): log it, back off and ask again. The doubling stops
+                # well before the float product could overflow.
+                failures = min(failures + 1, RESTART_MAX_DOUBLINGS)
+                if isinstance(exc, OriginError):
+                    self.last_error = exc.message
+                else:
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("lease restart crashed")
                 delay = min(RESTART_BACKOFF_CAP, self.settings.lease_tick * 2**failures)
-                log.warning("lease restart failed (%s); retrying in %.1f s", exc.message, delay)
+                log.warning("lease restart failed (%s); retrying in %.1f s", self.last_error, delay)
                 await asyncio.sleep(delay)
         while True:
             await self.tend()
