@@ -305,6 +305,9 @@ async def get_changes(request: web.Request) -> web.StreamResponse:
         bounds = await origin.store.feed_bounds()
         check_since(since, epoch=bounds.epoch, retained_after=bounds.retained_after, head=bounds.head)
         records = await origin.store.changes(since.seq, limit) if bounds.head > since.seq else []
+        # A commit between the two reads may add records past the head we answer with;
+        # leave them for the next poll so `next` never passes `head`.
+        records = [record for record in records if record.pos.seq <= bounds.head]
         if bounds.head > since.seq and (not records or records[0].pos.seq != since.seq + 1):
             # Retention pruned past `since` after the bounds were read: the
             # records in between are gone, and skipping them would be a silent gap.

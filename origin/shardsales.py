@@ -58,6 +58,7 @@ from origin.model import GENERAL_ADMISSION, HOLD_ACTIVE, format_time, parse_time
 from origin.settings import OriginSettings
 from origin.shard import MAX_UPSTREAM_BODY, UpstreamError
 from origin.store.base import Store
+from origin.upstream import read_capped
 
 log = logging.getLogger("boxoffice.shardsales")
 
@@ -125,7 +126,7 @@ class LeaseClient:
             async with self._session.request(
                 method, url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=self._timeout)
             ) as resp:
-                raw = await resp.content.read(MAX_UPSTREAM_BODY + 1)
+                raw = await read_capped(resp.content, MAX_UPSTREAM_BODY)
                 status, encoding = resp.status, resp.headers.get("Content-Encoding", "")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc

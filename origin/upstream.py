@@ -32,6 +32,22 @@ FOLLOW_BATCH: Final = 500
 MAX_UPSTREAM_BODY: Final = 32 * 1024 * 1024
 
 
+async def read_capped(content: aiohttp.StreamReader, cap: int) -> bytes:
+    """The whole body, or its first `cap` + 1 bytes when it is longer (callers refuse those).
+
+    ``content.read(n)`` returns what has arrived so far, not n bytes: a large
+    answer read that way is silently cut short.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_any():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            break
+    return b"".join(chunks)[: cap + 1]
+
+
 class UpstreamError(ServerError):
     """The upstream was unreachable, timed out, or answered something we cannot use."""
 
@@ -82,7 +98,7 @@ class Upstream:
         timeout = aiohttp.ClientTimeout(total=self._timeout + extra_wait)
         try:
             async with self._session.get(url, headers={"Accept-Encoding": "gzip"}, timeout=timeout) as resp:
-                raw = await resp.content.read(MAX_UPSTREAM_BODY + 1)
+                raw = await read_capped(resp.content, MAX_UPSTREAM_BODY)
                 status, encoding = resp.status, resp.headers.get("Content-Encoding", "")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
