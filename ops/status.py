@@ -9,6 +9,7 @@ every service's health URL once (in parallel, each bounded by
     shard/eu-west-1       4310   http://127.0.0.1:8111     up      lag 0.0 s (0 records), 78 events
     pop/eu-west           4320   http://127.0.0.3:8081     up      hit ratio 0.83, 48 requests, load 1.0/s
     geodns                4330   dns://127.0.0.1:5353      up      3/3 POPs healthy
+    predictor             4340   http://127.0.0.1:8200     up      models purchase v1, demand v1, 8085 users, 0 events
 
 HEALTH is ``up`` (the health URL answered 200), ``degraded`` (it answered
 otherwise: a lagging shard's 503, a POP whose upstreams are all open),
@@ -123,6 +124,17 @@ def describe(kind: str, status: int, document: Any) -> str:
         return text
     if kind == "origin":
         return f"feed head {document.get('head', '?')}"
+    if kind == "predictor":
+        raw_models = document.get("models")
+        models: dict[str, Any] = raw_models if isinstance(raw_models, dict) else {}
+        shown_models = ", ".join(
+            f"{name} v{version}" if isinstance(version, int) else f"{name} none" for name, version in models.items()
+        )
+        text = (f"models {shown_models or '?'}, {document.get('users', '?')} users, "
+                f"{document.get('events_applied', '?')} events ingested")  # fmt: skip
+        if document.get("status") != "ok":
+            text += f", status {document.get('status')}"
+        return text
     if kind == "geodns":
         if isinstance(document.get("pops"), int) and isinstance(document.get("healthy_pops"), int):
             return f"{document['healthy_pops']}/{document['pops']} POPs healthy"

@@ -1,4 +1,4 @@
-"""`boxoffice up`: the whole stack on one machine (see ops.up.cli; plan, supervisor, state, traffic)."""
+"""`boxoffice up`: the whole stack on one machine (see ops.up.cli; plan, training, supervisor, state, traffic)."""
 
 from __future__ import annotations
 

@@ -5,8 +5,12 @@ GeoDNS config, then start the stages of :func:`ops.up.plan.plan_stack` one
 after the other (each stage's services in parallel, one progress line per
 service as it answers its health check). Between the shards and the POPs the
 shard map is PUT to the origin, so the POPs' first map already routes by it.
-Once GeoDNS reports every POP healthy, `up` prints what to try and
-supervises until SIGINT or SIGTERM, then stops the stages in reverse order.
+Meanwhile, on a first start, the predictor's workload is generated and its
+models trained (:mod:`ops.up.training`); once GeoDNS reports every POP
+healthy and training is done, the predictor starts (last: it pushes warm
+lists to the POPs), `up` picks a demo user the predictor has hints for,
+prints what to try and supervises until SIGINT or SIGTERM, then stops the
+stages in reverse order.
 The state file (:mod:`ops.up.state`) follows every change, for `boxoffice
 status`.
 """
@@ -22,10 +26,10 @@ import random
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import aiohttp
@@ -46,22 +50,36 @@ from ops.up.settings import UpSettings
 from ops.up.state import StateError, process_running, read_state, write_state
 from ops.up.supervisor import Child, RestartPolicy, StartError, Supervisor
 from ops.up.traffic import Traffic
+from ops.up.training import (
+    TrainingError,
+    TrainingPlan,
+    catalog_start,
+    read_marker,
+    reusable,
+    train,
+    training_plan,
+)
 
 DESCRIPTION = """\
 Run the whole boxoffice stack on this machine: the origin primary (SQLite in
 the data directory, demo catalog seeded), one shard per region, one POP per
 region on its own loopback address (127.0.0.2, .3, …), GeoDNS on port 5353
 with a generated location database (client subnet 100.64.N.0/24 is region N's
-city), and the predictor when it is installed. Restarts a crashed service,
+city), and the predictor sidecar (on first start it trains on a small generated
+workload over the same demo catalog; later starts reuse the models, --retrain
+redoes them). Restarts a crashed service,
 stops everything on Ctrl-C. Settings come from flags, then BOXOFFICE_UP_*
 environment variables, then the [up] table of the --config file.
 """
 
-PREDICTOR_PROBE_TIMEOUT: Final = 60.0  # `predictor serve --help` imports its modules: seconds on a busy host
 HTTP_TIMEOUT: Final = 10.0
 # GeoDNS needs health_rise (2) checks a second apart to call a POP healthy.
 ROTATION_TIMEOUT: Final = 15.0
 EVENT_PAGE: Final = 1_000  # origin.store.base.MAX_PAGE_ROWS: the largest page /v1/events serves
+# The demo user is the first of the workload's first users the predictor has hints for. Ids are the
+# generator's (predictor.audience: usr- and 7 digits below ten million accounts); each probe is one
+# loopback request, so the search is bounded well below a second of a busy host's time.
+DEMO_USER_PROBES: Final = 200
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -97,9 +115,16 @@ async def _up(settings: UpSettings, prog: str) -> int:
             print(f"{prog}: a stack already runs from {data_dir} (pid {previous['pid']}); "
                   "stop it first or pick another --data-dir", file=sys.stderr)  # fmt: skip
             return 1
-    with_predictor = await _predictor_available()
+    with_predictor = settings.predictor
+    now = datetime.now(UTC)
     stack_secrets = Secrets(*(secrets.token_urlsafe(24) for _ in range(4)))
-    plan = plan_stack(settings, python=sys.executable, secrets=stack_secrets, with_predictor=with_predictor)
+    plan = plan_stack(settings, python=sys.executable, secrets=stack_secrets, with_predictor=with_predictor,
+                      catalog_start=catalog_start(now))  # fmt: skip
+    training = None
+    if with_predictor and settings.predictor_models is None:
+        training = training_plan(settings, python=sys.executable, now=now)
+        if not settings.retrain and reusable(read_marker(training), training.inputs):
+            training = None
     busy = _busy_ports(plan)
     if busy:
         print(f"{prog}: {'; '.join(busy)} (another stack? use --base-port N)", file=sys.stderr)
@@ -113,14 +138,19 @@ async def _up(settings: UpSettings, prog: str) -> int:
 
     say(f"boxoffice up: starting the stack in {data_dir} (logs in {data_dir / 'logs'})")
     if not with_predictor:
-        say("  predictor: skipped (`boxoffice predictor serve` is not in this version yet)")
+        say("  predictor: off (--no-predictor)")
+    elif training is not None:
+        say(f"  {'predictor training':<22} generating a workload of {settings.train_users} users over the demo "
+            "catalog, then training (the predictor starts when it is done)")  # fmt: skip
+    elif settings.predictor_models is None:
+        say(f"  {'predictor training':<22} reusing the models in {data_dir / 'predictor'} (--retrain to redo)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         async with aiohttp.ClientSession() as session:
-            stack = _Stack(settings, plan, session, stack_secrets)
+            stack = _Stack(settings, plan, session, stack_secrets, training)
             return await stack.run(stop)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -128,11 +158,22 @@ async def _up(settings: UpSettings, prog: str) -> int:
 
 
 class _Stack:
-    def __init__(self, settings: UpSettings, plan: StackPlan, session: aiohttp.ClientSession, keys: Secrets) -> None:
+    def __init__(
+        self,
+        settings: UpSettings,
+        plan: StackPlan,
+        session: aiohttp.ClientSession,
+        keys: Secrets,
+        training: TrainingPlan | None,
+    ) -> None:
         self.settings = settings
         self.plan = plan
         self.session = session
         self.secrets = keys
+        self.training = training
+        self.predictor_up = False
+        self.demo_user = ""
+        self.demo_user_hinted = False
         self.data_dir = settings.data_dir.resolve()
         self.state = "starting"
         self.started_at = time.time()
@@ -162,7 +203,11 @@ class _Stack:
             if starting.done() and starting.result():
                 self.state = "running"
                 self.write_state()
-                for line in try_lines(self.plan):
+                lines = try_lines(
+                    self.plan, predictor_up=self.predictor_up, demo_user=self.demo_user,
+                    demo_user_hinted=self.demo_user_hinted,
+                )  # fmt: skip
+                for line in lines:
                     say(line)
                 say(f"Staleness bound {STALENESS_BOUND_SECONDS:g} s, DNS failover bound {FAILOVER_BOUND_SECONDS:g} s. "
                     "Stop with Ctrl-C.")  # fmt: skip
@@ -196,13 +241,18 @@ class _Stack:
         await self.supervisor.stop_all([[spec.name for spec in stage] for stage in self.plan.stages])
 
     async def start(self, group: asyncio.TaskGroup) -> bool:
-        """Start every stage; False (after saying why) when a service does not come up."""
+        """Start every stage; False (after saying why) when a service does not come up.
+
+        Training (when needed) runs meanwhile in a task of its own, awaited just before the
+        predictor's stage; when it fails, the stack runs without the predictor.
+        """
+        trained = None if self.training is None else asyncio.create_task(self.train(self.training))
         try:
-            index = 0
-            while index < len(self.plan.stages):
-                stage = self.plan.stages[index]
+            for stage in self.plan.stages:
                 if stage[0].kind == "pop":
                     await self.publish_shard_map()
+                if stage[0].kind == "predictor" and trained is not None and not await trained:
+                    continue
                 children = [await self.supervisor.start(spec) for spec in stage]
                 outcomes = await asyncio.gather(*(self.announce(child) for child in children))
                 self.watchers += [
@@ -210,19 +260,53 @@ class _Stack:
                     for child, up in zip(children, outcomes, strict=True)
                     if up
                 ]
-                if not all(outcomes):  # an optional service stayed down: plan the rest without it
-                    self.plan = self.replan_without_predictor()
-                    index = next(i for i, later in enumerate(self.plan.stages) if later[0].kind == "pop")
-                    continue
-                index += 1
-            await self.wait_in_rotation()
+                if stage[0].kind == "geodns":
+                    await self.wait_in_rotation()
+                elif stage[0].kind == "predictor" and all(outcomes):
+                    self.predictor_up = True
+                    self.demo_user, self.demo_user_hinted = await self.find_demo_user(stage[0].url)
         except (StartError, _PublishError) as exc:
             say(f"boxoffice up: {exc}")
             return False
+        finally:
+            if trained is not None and not trained.done():  # stopped or failed before the predictor's turn
+                trained.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await trained
         return True
 
-    def replan_without_predictor(self) -> StackPlan:
-        return plan_stack(self.settings, python=sys.executable, secrets=self.secrets, with_predictor=False)
+    async def train(self, plan: TrainingPlan) -> bool:
+        """Generate and train; False (after saying why) when it failed."""
+        try:
+            marker = await train(plan, say)
+        except TrainingError as exc:
+            say(f"  {'predictor':<22} not started: training failed: {exc}")
+            return False
+        except OSError as exc:
+            say(f"  {'predictor':<22} not started: cannot write {plan.directory}: {exc}")
+            return False
+        auc = marker.get("purchase_roc_auc")
+        say(f"  {'predictor training':<22} done in {marker['seconds']:.1f} s"
+            + ("" if auc is None else f" (purchase model test ROC AUC {auc:.2f})"))  # fmt: skip
+        return True
+
+    async def find_demo_user(self, predictor_url: str) -> tuple[str, bool]:
+        """A consenting user of the workload with hints now (True), else one without (False); "" when none."""
+        known = ""
+        for number in range(1, DEMO_USER_PROBES + 1):
+            user = f"usr-{number:07d}"
+            try:
+                async with self.session.get(f"{predictor_url}/v1/hints/{user}",
+                                            timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT)) as response:  # fmt: skip
+                    if response.status != 200:
+                        continue
+                    document = await response.json()
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                break
+            known = known or user
+            if isinstance(document, dict) and document.get("hints"):
+                return user, True
+        return known, False
 
     async def announce(self, child: Child) -> bool:
         """Wait until `child` is healthy and say so; False when an optional child did not come up."""
@@ -311,6 +395,8 @@ class _Stack:
             "pid": os.getpid(), "state": self.state, "started_at": self.started_at, "origin": self.plan.origin_url,
             "dns": {"host": self.plan.dns_host, "port": self.plan.dns_port, "admin": self.plan.admin_url},
             "subnets": {region: client_subnet(region) for region in self.settings.regions},
+            "predictor": {"up": self.predictor_up, "demo_user": self.demo_user,
+                          "demo_user_hinted": self.demo_user_hinted},
             "services": services,
         })  # fmt: skip
 
@@ -327,23 +413,6 @@ def _healthy_pops(document: Any) -> tuple[int, int] | None:
         return None
     healthy = sum(1 for entry in entries if isinstance(entry, dict) and entry.get("healthy") is True)
     return healthy, len(entries)
-
-
-async def _predictor_available() -> bool:
-    """`boxoffice predictor serve --help` exits 0 once the predictor can serve."""
-    try:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ops.cli", "predictor", "serve", "--help",
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-    except OSError:
-        return False
-    try:
-        return await asyncio.wait_for(process.wait(), PREDICTOR_PROBE_TIMEOUT) == 0
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        return False
 
 
 def _busy_ports(plan: StackPlan) -> list[str]:

@@ -2,10 +2,13 @@
 
 :func:`plan_stack` turns the settings into a :class:`StackPlan`: one
 :class:`ServiceSpec` per child process, grouped in start stages (the origin
-first; then the shards, which copy it; then the feed publisher and the
-predictor; then the POPs, which route to the shards; GeoDNS last, so its first
-health checks find the POPs up). The supervisor starts a stage, waits until
-each of its services is healthy, then starts the next.
+first; then the shards, which copy it; then the feed publisher; then the POPs,
+which route to the shards; then GeoDNS, so its first health checks find the
+POPs up; the predictor last, once its models are trained, so the POPs it
+pushes warm lists to are already up). The supervisor starts a stage, waits
+until each of its services is healthy, then starts the next. The POPs are
+started with ``--predictor`` and a user secret from the start: until the
+predictor answers, their hint lookups fail fast and serve empty lists.
 
 Ports (``base_port`` 0 keeps the documented defaults of docs/architecture.md)::
 
@@ -120,8 +123,14 @@ def shard_id(region: str) -> str:
     return f"{region}-1"  # the manager's naming ({region}-{n}); one shard per region here
 
 
-def plan_stack(settings: UpSettings, *, python: str, secrets: Secrets, with_predictor: bool) -> StackPlan:
-    """The whole stack for `settings`; `python` runs ``-m ops.cli`` in every child."""
+def plan_stack(
+    settings: UpSettings, *, python: str, secrets: Secrets, with_predictor: bool, catalog_start: str = ""
+) -> StackPlan:
+    """The whole stack for `settings`; `python` runs ``-m ops.cli`` in every child.
+
+    `catalog_start` (RFC 3339) is the demo catalog's start the predictor rebuilds when it serves
+    ``predictor_models`` trained elsewhere (it then has no workload to read the catalog from).
+    """
     data_dir = settings.data_dir.resolve()
     regions = settings.regions
     count = len(regions)
@@ -132,7 +141,9 @@ def plan_stack(settings: UpSettings, *, python: str, secrets: Secrets, with_pred
                  "publisher": base + 4 + 2 * count}  # fmt: skip
     else:
         ports = dict(DEFAULT_PORTS)
-    boxoffice = (python, "-m", "ops.cli")
+    # -P: no working directory on sys.path. Children run in data_dir, whose origin/, geodns/ and
+    # predictor/ folders would otherwise shadow the packages of those names (as namespace packages).
+    boxoffice = (python, "-P", "-m", "ops.cli")
     log_level = ("--log-level", settings.log_level)
     origin_url = f"http://127.0.0.1:{ports['origin']}"
 
@@ -142,7 +153,7 @@ def plan_stack(settings: UpSettings, *, python: str, secrets: Secrets, with_pred
         name="origin", kind="origin", address="127.0.0.1", port=ports["origin"], url=origin_url,
         health_url=f"{origin_url}/v1/health",
         command=(*boxoffice, "origin", "serve", "--host", "127.0.0.1", "--port", str(ports["origin"]),
-                 "--seed-demo", "--demo-events", str(settings.demo_events),
+                 "--seed-demo", "--demo-seed", str(settings.demo_seed), "--demo-events", str(settings.demo_events),
                  "--demo-venues", str(settings.demo_venues), "--public-url", origin_url,
                  "--shardmap-file", str(data_dir / "origin" / "shardmap.json"), "--no-access-log", *log_level),
         environment={"BOXOFFICE_ORIGIN_SHARDMAP_TOKEN": secrets.shardmap_token, **database},
@@ -167,20 +178,29 @@ def plan_stack(settings: UpSettings, *, python: str, secrets: Secrets, with_pred
 
     sidecars: list[ServiceSpec] = []
     predictor_url = f"http://127.0.0.1:{ports['predictor']}"
+    predictor: ServiceSpec | None = None
     if with_predictor:
-        models = settings.predictor_models or data_dir / "predictor" / "models"
+        if settings.predictor_models is not None:  # models trained elsewhere: the demo catalog, rebuilt
+            sources: tuple[str, ...] = ("--models", str(settings.predictor_models.resolve()),
+                                        "--catalog-seed", str(settings.demo_seed),
+                                        "--catalog-venues", str(settings.demo_venues),
+                                        "--catalog-events", str(settings.demo_events))  # fmt: skip
+            if catalog_start:
+                sources += ("--catalog-start", catalog_start)
+        else:  # what ops.up.training writes
+            sources = ("--models", str(data_dir / "predictor" / "models"),
+                       "--workload", str(data_dir / "predictor" / "workload"))  # fmt: skip
         pops_flag = ",".join(
             f"{region}@{region}=http://{pop_address(index)}:{ports['pop'] + index}"
             for index, region in enumerate(regions)
         )
-        sidecars.append(ServiceSpec(
+        predictor = ServiceSpec(
             name="predictor", kind="predictor", address="127.0.0.1", port=ports["predictor"], url=predictor_url,
             health_url=f"{predictor_url}/v1/health", optional=True,
-            command=(*boxoffice, "predictor", "serve", "--listen", f"127.0.0.1:{ports['predictor']}",
-                     "--models", str(models), "--catalog-venues", str(settings.demo_venues),
-                     "--catalog-events", str(settings.demo_events), "--pops", pops_flag, *log_level),
+            command=(*boxoffice, "predictor", "serve", "--listen", f"127.0.0.1:{ports['predictor']}", *sources,
+                     "--pops", pops_flag, *log_level),
             environment={"BOXOFFICE_PREDICTOR_SERVE_WARM_TOKEN": secrets.purge_token},
-        ))  # fmt: skip
+        )  # fmt: skip
     if settings.redis:
         metrics = f"http://127.0.0.1:{ports['publisher']}"
         sidecars.append(ServiceSpec(
@@ -223,6 +243,8 @@ def plan_stack(settings: UpSettings, *, python: str, secrets: Secrets, with_pred
     if sidecars:
         stages.append(tuple(sidecars))
     stages += [tuple(pops), (geodns,)]
+    if predictor is not None:
+        stages.append((predictor,))
     return StackPlan(
         stages=tuple(stages), origin_url=origin_url, dns_host=settings.dns_host, dns_port=ports["dns"],
         admin_url=admin_url, geodns_config=geodns_config,
@@ -294,8 +316,14 @@ def shard_map_document(plan: StackPlan, events_by_region: Mapping[str, Sequence[
     return {"origin": {"url": plan.origin_url}, "shards": shards, "events": routes}
 
 
-def try_lines(plan: StackPlan) -> list[str]:
-    """What `up` prints once everything is healthy: dig per region, curl through a POP, the demo page."""
+def try_lines(
+    plan: StackPlan, *, predictor_up: bool = False, demo_user: str = "", demo_user_hinted: bool = False
+) -> list[str]:
+    """What `up` prints once everything is healthy: dig per region, curl through a POP, the demo page.
+
+    With the predictor up, also its hints (for `demo_user`, a consenting user of its workload, who has
+    hints now when `demo_user_hinted`), warm list and forecast.
+    """
     pops = [spec for spec in plan.services if spec.kind == "pop"]
     lines = ["Try:"]
     for pop in pops:
@@ -308,9 +336,21 @@ def try_lines(plan: StackPlan) -> list[str]:
         f"  curl -i {first.url}/v1/events?region={first.region}",
         f"  curl -i {first.url}/v1/items/ITEM_ID      # twice: X-Cache MISS, then HIT",
         f"  curl {first.url}/_edge/health",
-        f"  demo page: {first.url}/",
-        "  boxoffice status" + ("" if _is_default(plan) else f" --data-dir {plan.geodns_config.parent.parent}"),
+        f"  demo page: {first.url}/"
+        + (f"   # log in as {demo_user} and consent" if demo_user and predictor_up else "")
+        + (" (the predictor has hints for them)" if demo_user_hinted and predictor_up else ""),
     ]
+    predictors = [spec for spec in plan.services if spec.kind == "predictor"]
+    if predictors and predictor_up:
+        url = predictors[0].url
+        lines += [
+            f"  curl {url}/v1/hints/{demo_user or 'USER_ID'}   # a user's prefetch hints",
+            f"  curl {url}/v1/warm/{first.region}   # what the predictor warms {first.name} with",
+            f"  curl {url}/v1/forecast   # demand per region and event",
+        ]
+    lines.append(
+        "  boxoffice status" + ("" if _is_default(plan) else f" --data-dir {plan.geodns_config.parent.parent}")
+    )
     return lines
 
 

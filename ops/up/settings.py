@@ -26,15 +26,22 @@ class UpSettings:
     dns_host: str = setting("127.0.0.1", "address GeoDNS answers on (UDP and TCP)")
     redis: str = setting("", "redis:// URL: POPs share it as their L2 cache and follow the feed by Redis Streams")
     postgres: str = setting("", "postgresql:// DSN of the origin primary's database (default: SQLite in data_dir)")
+    predictor: bool = setting(True, "run the predictor sidecar (trained on a generated workload on first start)")
     predictor_models: Path | None = setting(
-        None, "trained predictor models (`boxoffice predictor train`); default DATA_DIR/predictor/models"
+        None, "serve these trained models (`boxoffice predictor train`) instead of training in DATA_DIR/predictor"
     )
+    retrain: bool = setting(False, "generate and train the predictor's workload and models again")
+    train_users: int = setting(10_000, "users of the predictor's generated workload")
+    train_sessions_per_day: int = setting(15_000, "browsing sessions per day of that workload")
+    train_seed: int = setting(1, "seed of that workload")
+    train_boost_rounds: int = setting(100, "most boosting rounds of the predictor's models")
     traffic: bool = setting(False, "drive synthetic users through the POPs")
     traffic_rate: float = setting(
         20.0, f"synthetic user actions per second in all, 1 to 3 requests each (at most {MAX_TRAFFIC_RATE:g})"
     )
     demo_events: int = setting(3000, "events in the seeded demo catalog")
     demo_venues: int = setting(300, "venues in the seeded demo catalog")
+    demo_seed: int = setting(2026, "seed of the demo catalog (the predictor's workload runs over the same one)")
     start_timeout: Seconds = setting(Seconds(90 * SECOND), "how long one service may take to become healthy")
     stop_grace: Seconds = setting(Seconds(15 * SECOND), "SIGTERM, then SIGKILL after this long")
     max_restarts: int = setting(5, "restarts of one crashed service within restart_window before giving up on it")
@@ -62,6 +69,11 @@ class UpSettings:
             raise SettingsError(f"up.traffic_rate: must be above 0 and at most {MAX_TRAFFIC_RATE:g}")
         if self.demo_events < 1 or self.demo_venues < 1:
             raise SettingsError("up.demo_events and up.demo_venues: must be at least 1")
+        if self.train_users < len(REGIONS):  # the generator places at least one user in every region
+            raise SettingsError(f"up.train_users: must be at least {len(REGIONS)}, one per region")
+        for name in ("train_sessions_per_day", "train_boost_rounds"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"up.{name}: must be at least 1")
         if self.start_timeout <= 0:
             raise SettingsError("up.start_timeout: must be positive")
         if self.max_restarts < 0:

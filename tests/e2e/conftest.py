@@ -2,7 +2,9 @@
 
 The stack runs on free ports from a random base (every port of the plan is
 probed first, DNS on UDP too) in a temporary data directory, with a smaller
-demo catalog than the default so it seeds in a second. `up` runs in a session
+demo catalog than the default so it seeds in a second, and a tiny predictor
+workload (:data:`TINY_TRAINING`: generated and trained in a few seconds, while
+the other services start). `up` runs in a session
 of its own, so the test can signal it (and its process group) like a terminal
 would; teardown sends SIGINT, and SIGKILLs whatever is left only if `up` did
 not stop in time (the orphan check is a test of its own, not the teardown's
@@ -32,6 +34,9 @@ from ops.up.plan import pop_address
 REPO = Path(__file__).resolve().parents[2]
 REGIONS = ("na-east", "eu-west", "ap-northeast")
 START_DEADLINE = 120.0  # seconds for the whole stack to come up on a busy two-core host
+# The predictor's first-start training, made tiny: 1,000 users is enough for the models to train and
+# serve; the contract, not the model's quality, is under test here.
+TINY_TRAINING = ("--train-users", "1000", "--train-sessions-per-day", "1500", "--train-boost-rounds", "20")
 STOP_DEADLINE = 60.0
 PORT_ATTEMPTS = 50
 
@@ -85,7 +90,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     output = data_dir / "up.out"
     command = [sys.executable, "-m", "ops.cli", "up", "--data-dir", str(data_dir),
                "--base-port", str(free_base_port(len(REGIONS))), "--regions", ",".join(REGIONS),
-               "--demo-events", "600", "--demo-venues", "60"]  # fmt: skip
+               "--demo-events", "600", "--demo-venues", "60", *TINY_TRAINING]  # fmt: skip
     with output.open("wb") as sink:
         process = subprocess.Popen(
             command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,

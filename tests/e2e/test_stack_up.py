@@ -3,7 +3,9 @@
 One `boxoffice up` serves the module (tests/e2e/conftest.py), and the tests
 run in file order against it: DNS steering with the real `dig`, reads and
 cache hits through each region's POP, a purchase at the origin showing at the
-POP within the staleness bound, `boxoffice status` parsed, a stopped POP
+POP within the staleness bound, the predictor (trained by `up` on first
+start) answering hints, warm lists and forecasts per their contracts,
+`boxoffice status` parsed, a stopped POP
 leaving the DNS answers within the failover bound, a shard killed under load
 with no failed request (and `up` restarting it), and finally Ctrl-C leaving
 no process of the stack behind. No test asserts on time except the bounds
@@ -15,6 +17,7 @@ A few pure checks of the plan come first; they need no processes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -25,16 +28,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from edge.hints import is_hintable_url, parse_predictor_hints
 from ops.status import Row, describe, render_table
 from ops.up.plan import FAILOVER_BOUND_SECONDS, SITE, STALENESS_BOUND_SECONDS, Secrets, plan_stack, shard_map_document
 from ops.up.settings import UpSettings
 from ops.up.supervisor import RestartPolicy
+from ops.up.training import reusable, training_plan
+from origin.forecast import parse_forecast
 from origin.metadata import validate_placement
 from tests.e2e.conftest import REGIONS, REPO, Stack
 
@@ -59,6 +66,43 @@ def test_plan_gives_every_service_its_own_port_and_a_valid_shard_map() -> None:
     assert origin == plan.origin_url
     assert events["evt-1"] == {"eu-west": ["eu-west-1", "origin"]}
     assert shards["ap-northeast-1"]["events"] == []
+
+
+def test_plan_starts_the_predictor_last_pushing_to_every_pop_with_their_token() -> None:
+    settings = UpSettings(data_dir=Path("/tmp/boxoffice-plan"), base_port=30_000, regions=REGIONS)
+    plan = plan_stack(settings, python=sys.executable, secrets=Secrets("a", "purge", "c", "user"), with_predictor=True)
+    (predictor,) = plan.stages[-1]
+    assert predictor.kind == "predictor"
+    command = list(predictor.command)
+    pops = [spec for spec in plan.services if spec.kind == "pop"]
+    assert command[command.index("--pops") + 1].split(",") == [f"{p.region}@{p.region}={p.url}" for p in pops]
+    assert command[command.index("--workload") + 1] == "/tmp/boxoffice-plan/predictor/workload"
+    assert predictor.environment["BOXOFFICE_PREDICTOR_SERVE_WARM_TOKEN"] == "purge"
+    for pop in pops:
+        assert pop.command[pop.command.index("--predictor") + 1] == predictor.url
+        assert pop.environment["BOXOFFICE_EDGE_USER_SECRET"] == "user"
+        assert pop.environment["BOXOFFICE_EDGE_PURGE_TOKEN"] == "purge"  # what /_edge/warm checks
+
+
+def test_training_runs_over_the_origins_catalog_and_is_reused_on_a_later_day() -> None:
+    settings = UpSettings(data_dir=Path("/tmp/boxoffice-plan"), demo_events=600, demo_venues=60, demo_seed=7)
+    plan = training_plan(settings, python=sys.executable, now=datetime(2026, 3, 1, 15, 30, tzinfo=UTC))
+    generate = list(plan.generate)
+    flags = {generate[i]: generate[i + 1] for i in range(len(generate) - 1) if generate[i].startswith("--")}
+    assert (flags["--catalog-seed"], flags["--catalog-venues"], flags["--catalog-events"]) == ("7", "60", "600")
+    assert flags["--workload-start"] == "2026-03-01T00:00:00Z"  # the origin seeds from midnight UTC today
+    marker = {"inputs": dataclasses.asdict(plan.inputs)}
+    later = training_plan(settings, python=sys.executable, now=datetime(2026, 3, 9, tzinfo=UTC))
+    assert reusable(marker, later.inputs)
+    other_catalog = dataclasses.replace(settings, demo_events=700)
+    assert not reusable(marker, training_plan(other_catalog, python=sys.executable, now=datetime.now(UTC)).inputs)
+    assert not reusable(None, plan.inputs)
+
+
+def test_status_describes_the_predictor() -> None:
+    detail = describe("predictor", 200, {"status": "ok", "models": {"purchase": 1, "demand": None}, "users": 80,
+                                         "events_applied": 12})  # fmt: skip
+    assert detail == "models purchase v1, demand none, 80 users, 12 events ingested"
 
 
 def test_restart_policy_backs_off_then_gives_up() -> None:
@@ -93,7 +137,7 @@ def dig_addresses(stack: Stack, subnet: str) -> list[str]:
     return [line for line in result.stdout.split() if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", line)]
 
 
-def http(method: str, url: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
          ) -> tuple[int, dict[str, str], Any]:  # fmt: skip
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json",
@@ -166,6 +210,97 @@ def test_purchase_at_the_origin_shows_at_the_pop_within_the_staleness_bound(stac
     assert poll(STALENESS_BOUND_SECONDS, seen), f"the POP still shows {before['available']} available"
 
 
+def browse(stack: Stack, user: str, region: str, event_id: str, item_id: str) -> None:
+    """POST a user's short visit to the predictor, as a POP would report it (ids make a retry a duplicate)."""
+    predictor = stack.service("predictor")
+    now_ms = round(time.time() * 1000)
+    actions = [("event_view", None), ("item_view", item_id), ("item_view", item_id), ("hold", item_id)]
+    events = [
+        {"id": f"e2e-{user}-{event_id}-{step}", "ts": now_ms - (len(actions) - step) * 20_000, "user_id": user,
+         "action": action, "event_id": event_id, "item_id": item, "session_id": 1, "region": region}
+        for step, (action, item) in enumerate(actions)
+    ]  # fmt: skip
+    status, _, answer = http("POST", f"{predictor['url']}/v1/events", events)
+    assert status == 200, answer
+
+
+def test_predictor_hints_answer_per_the_contract(stack: Stack) -> None:
+    predictor = stack.service("predictor")
+    user = stack.state()["predictor"]["demo_user"]
+    assert user, "up found no consenting user of the predictor's workload"
+    pop = stack.service("pop/eu-west")
+    event_id, item_id = region_item(pop["url"], "eu-west")
+    browse(stack, user, "eu-west", event_id, item_id)
+    request = urllib.request.Request(f"{predictor['url']}/v1/hints/{user}", headers={"Accept": "application/json"})
+    with _NO_PROXY.open(request, timeout=HTTP_TIMEOUT) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("application/json")
+        body = response.read()
+    now = time.time()
+    hints = parse_predictor_hints(body, user_id=user, now=now)  # what the POP accepts, or MalformedHints
+    assert hints.rejected == 0, body
+    assert hints.expires_at > now, body
+    origin = stack.state()["origin"]
+    for hint in hints.hints:
+        assert is_hintable_url(hint.url) and 0 <= hint.score <= 1, hint
+        assert http("GET", f"{origin}{hint.url}")[0] == 200, hint.url
+    status, _, answer = http("GET", f"{predictor['url']}/v1/hints/nobody-e2e")
+    assert status == 404, answer  # the contract's "knows nothing about the user": an empty list at the POP
+
+
+def hint_answers(predictor_url: str) -> float:
+    """Hint requests the predictor answered so far, whatever the answer (its Prometheus counter)."""
+    with _NO_PROXY.open(f"{predictor_url}/metrics", timeout=HTTP_TIMEOUT) as response:
+        text = response.read().decode()
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+               if line.startswith("predictor_hints_served_total{"))  # fmt: skip
+
+
+def test_the_demo_page_gets_hints_through_the_pop_from_the_predictor(stack: Stack) -> None:
+    pop = stack.service("pop/ap-northeast")
+    user = stack.state()["predictor"]["demo_user"]
+    login = urllib.request.Request(f"{pop['url']}/_edge/demo/login", data=json.dumps({"user_id": user}).encode(),
+                                   method="POST", headers={"Content-Type": "application/json"})  # fmt: skip
+    with _NO_PROXY.open(login, timeout=HTTP_TIMEOUT) as response:
+        cookies = [value.partition(";")[0] for value in response.headers.get_all("Set-Cookie") or []]
+    assert any(cookie.startswith("bo_user=") for cookie in cookies), cookies
+    before = hint_answers(stack.service("predictor")["url"])
+    status, _, document = http("GET", f"{pop['url']}/v1/hints", headers={"Cookie": "; ".join(cookies)})
+    assert status == 200, document
+    assert document["user_id"] == user and isinstance(document["hints"], list), document
+    assert hint_answers(stack.service("predictor")["url"]) > before  # the POP asked the predictor, which answered
+
+
+def test_predictor_warm_lists_name_urls_the_origin_serves(stack: Stack) -> None:
+    predictor = stack.service("predictor")
+    origin = stack.state()["origin"]
+    for region in REGIONS:
+        pop = stack.service(f"pop/{region}")
+        event_id, item_id = region_item(pop["url"], region)
+        browse(stack, "usr-e2e-warm", region, event_id, item_id)  # requested now: on the region's warm list
+        status, _, warm = http("GET", f"{predictor['url']}/v1/warm/{region}")
+        assert status == 200, warm
+        assert (warm["pop_id"], warm["region"]) == (region, region)
+        urls = [entry["url"] for entry in warm["urls"]]
+        assert f"/v1/events/{event_id}" in urls, urls[:20]
+        for url in urls[:: max(1, len(urls) // 20)]:  # a spread of at most ~20 per POP
+            assert http("GET", f"{origin}{url}")[0] == 200, url
+    status, _, answer = http("GET", f"{predictor['url']}/v1/warm/no-such-pop")
+    assert status == 404, answer
+
+
+def test_predictor_forecast_parses_as_the_shard_manager_reads_it(stack: Stack) -> None:
+    predictor = stack.service("predictor")
+    pop = stack.service("pop/na-east")
+    event_id, item_id = region_item(pop["url"], "na-east", index=2)
+    browse(stack, "usr-e2e-forecast", "na-east", event_id, item_id)
+    status, _, document = http("GET", f"{predictor['url']}/v1/forecast")
+    assert status == 200, document
+    forecast = parse_forecast(document)  # raises InvalidForecast on any breach of the document format
+    assert set(forecast) <= set(stack.state()["subnets"]) | {row["region"] for row in document["forecast"]}
+    assert all(rate >= 0 for rates in forecast.values() for rate in rates.values())
+
+
 def test_status_reports_every_service_up_with_hit_ratios_and_lag(stack: Stack) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "ops.cli", "status", "--data-dir", str(stack.data_dir)],
@@ -185,6 +320,9 @@ def test_status_reports_every_service_up_with_hit_ratios_and_lag(stack: Stack) -
     assert ratio and 0 < float(ratio.group(1)) <= 1, eu_west
     lag = re.search(r"lag ([0-9.]+) s", rows["shard/eu-west-1"][detail_at:])
     assert lag, rows["shard/eu-west-1"]
+    predictor = re.search(r"models purchase v1, demand v1, (\d+) users, (\d+) events ingested",
+                          rows["predictor"][detail_at:])  # fmt: skip
+    assert predictor and int(predictor.group(1)) > 0 and int(predictor.group(2)) > 0, rows["predictor"]
 
 
 def test_a_stopped_pop_leaves_the_dns_answers_within_the_failover_bound(stack: Stack) -> None:
