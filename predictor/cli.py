@@ -3,7 +3,15 @@
 ``generate`` builds the origin's demo catalog (same seed and size as the
 origin's ``demo_*`` settings, so every id matches), generates the workload
 over it and writes the files (see :mod:`predictor.traces`), then prints the
-counts and the realised statistics as JSON.
+counts, the realised statistics and the demo users as JSON.
+
+The catalog starts with the workload's window unless ``--catalog-start``
+says otherwise: the origin seeds its demo catalog once, from midnight UTC of
+its first day, and a workload generated on a later day (its window around
+that day) must still run over that very catalog, or every date it names
+would be off by the days in between. The demo users
+(:func:`predictor.traces.demo_users`) are picked as of the wall clock,
+clamped into the window.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from ops.settings import SettingsError, add_arguments, load, to_toml
@@ -23,7 +32,7 @@ from predictor.modelcli import add_evaluate_arguments, run_evaluate, run_train
 from predictor.report import add_report_arguments, run_report
 from predictor.service import SERVE_DESCRIPTION, add_serve_arguments, run_serve
 from predictor.settings import PredictorSettings, setting_for
-from predictor.traces import write_workload
+from predictor.traces import demo_users, write_workload
 from predictor.workload import generate
 
 DESCRIPTION = """\
@@ -51,6 +60,10 @@ def build_parser(prog: str = "boxoffice predictor") -> argparse.ArgumentParser:
     add_arguments(generate_parser, PredictorSettings)
     generate_parser.add_argument("--seed", dest="workload_seed", metavar="N", help="same as --workload-seed")
     generate_parser.add_argument("--out", dest="workload_dir", metavar="DIR", help="same as --workload-dir")
+    generate_parser.add_argument(
+        "--catalog-start", dest="catalog_start", metavar="TIME", default=None,
+        help="start of the catalog, RFC 3339 (default: the workload's start); the origin's first day",
+    )  # fmt: skip
     config_parser = commands.add_parser("config", help="print the effective settings as TOML and exit")
     add_arguments(config_parser, PredictorSettings)
     train_parser = commands.add_parser(
@@ -96,7 +109,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "boxoffice predictor") -
     )
     try:
         if args.command == "generate":
-            print(json.dumps(_generate(settings), indent=2))
+            catalog_start = _catalog_start(args.catalog_start, settings.workload_config().start)
+            if catalog_start is None:
+                print(f"{prog}: --catalog-start: an RFC 3339 time with a timezone like 2026-01-05T00:00:00Z, "
+                      f"got {args.catalog_start!r}", file=sys.stderr)  # fmt: skip
+                return 2
+            print(json.dumps(_generate(settings, catalog_start, time.time()), indent=2))
         elif args.command == "train":
             print(run_train(settings))
         elif args.command == "evaluate":
@@ -115,23 +133,46 @@ def main(argv: Sequence[str] | None = None, prog: str = "boxoffice predictor") -
     return 0
 
 
-def _generate(settings: PredictorSettings) -> dict[str, Any]:
+def _generate(settings: PredictorSettings, catalog_start: datetime, now: float) -> dict[str, Any]:
     config = settings.workload_config()
     began = time.monotonic()
     catalog = build_catalog(
-        settings.catalog_seed, venues=settings.catalog_venues, events=settings.catalog_events, start=config.start
+        settings.catalog_seed, venues=settings.catalog_venues, events=settings.catalog_events, start=catalog_start
     )
     workload = generate(config, catalog)
     generated = time.monotonic()
-    catalog_info = {"seed": settings.catalog_seed, "venues": settings.catalog_venues, "events": settings.catalog_events}
-    summary = write_workload(workload, settings.workload_dir, catalog_info)
+    window_ms = (
+        round(config.start.timestamp() * 1000),
+        round((config.start + timedelta(days=config.days)).timestamp() * 1000),
+    )
+    demo = demo_users(workload, min(max(round(now * 1000), window_ms[0]), window_ms[1]))
+    catalog_info: dict[str, Any] = {
+        "seed": settings.catalog_seed, "venues": settings.catalog_venues, "events": settings.catalog_events,
+    }  # fmt: skip
+    if catalog_start != config.start:  # only then: a reader rebuilds the catalog from config.start otherwise
+        catalog_info["start"] = catalog_start.isoformat().replace("+00:00", "Z")
+    summary = write_workload(workload, settings.workload_dir, catalog_info, demo)
     log.info(
         "generated in %.1f s, wrote %s in %.1f s",
         generated - began,
         settings.workload_dir,
         time.monotonic() - generated,
     )
-    return {"directory": str(settings.workload_dir), "counts": summary["counts"], "statistics": summary["statistics"]}
+    return {
+        "directory": str(settings.workload_dir), "counts": summary["counts"], "statistics": summary["statistics"],
+        "demo_users": summary["demo_users"],
+    }  # fmt: skip
+
+
+def _catalog_start(text: str | None, default: datetime) -> datetime | None:
+    """``--catalog-start`` as a time (`default` when absent), or None when it is not RFC 3339 with a zone."""
+    if text is None:
+        return default
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 if __name__ == "__main__":  # pragma: no cover

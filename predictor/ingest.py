@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -84,6 +84,20 @@ def parse_batch(
     documents = _documents(body, content_type, limits.max_events)
     if not documents:
         raise BatchRefused("the batch is empty: send a JSON array or NDJSON lines of events")
+    return validate_events(documents, limits, known_events, now_ms)
+
+
+def validate_events(
+    documents: Sequence[Any], limits: BatchLimits, known_events: Collection[str], now_ms: int
+) -> list[IncomingEvent]:
+    """Every decoded event object of `documents`, checked as :func:`parse_batch` checks a body's.
+
+    The batch size is the caller's to bound (``limits.max_events`` is not applied here): the serving
+    sidecar's start-up replay of a workload feeds its log through this in batches of its own choosing.
+
+    Raises:
+        BatchRefused: an event breaks the format; the message names the first one by index and field.
+    """
     return [_event(doc, index, known_events, limits, now_ms) for index, doc in enumerate(documents)]
 
 

@@ -11,6 +11,11 @@ catalog's events and their on-sale schedule), the profiles of the users who
 consented and their purchase history. Without it the sidecar rebuilds the
 origin's demo catalog from the ``catalog_*`` settings and knows no user until
 their events arrive.
+
+``--replay-workload`` makes a demo look lived-in from the first request: the
+workload's event log up to the current time is applied before the port
+opens (see :func:`predictor.service.replay_workload`), so its engaged users
+have hints and the forecast has demand to report.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ class PopTarget:
 class ServeSettings:
     models: str = setting("var/models", "directory of the versioned model files (`predictor train` output)")
     workload: str = setting("", "directory of a generated workload: event plan, consenting profiles, history")
+    replay_workload: bool = setting(
+        False, "before serving, feed the --workload event log up to now into the sidecar (a demo's live users)"
+    )
     listen: str = setting(f"127.0.0.1:{DEFAULT_PORT}", "HOST:PORT the HTTP API listens on")
     pops: tuple[str, ...] = setting(
         (), "POPs to push warm lists to: pop_id=URL or pop_id@region=URL, comma-separated (region: the pop id)"
@@ -105,6 +113,8 @@ class ServeSettings:
                 f"predictor_serve.catalog_start: an RFC 3339 time with a timezone like 2026-01-05T00:00:00Z, "
                 f"got {self.catalog_start!r}"
             )
+        if self.replay_workload and not self.workload:
+            raise SettingsError("predictor_serve.replay_workload: needs --workload, the event log to replay")
         if self.pops and not self.warm_token:
             raise SettingsError("predictor_serve.warm_token: needed to push warm lists to --pops")
 

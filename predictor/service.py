@@ -7,6 +7,16 @@ history, and loading the latest models. A missing or unreadable model is a
 clear error and exit status 1; a bad setting, exit status 2. On SIGINT or
 SIGTERM the server stops accepting, drains in-flight requests for
 ``shutdown_timeout``, stops its background tasks and exits 0.
+
+With ``replay_workload`` the workload's event log up to the current time is
+then fed to the sidecar, still before the port opens (so a health check
+that passes means the replay is done): in time order, in batches, through
+:func:`predictor.ingest.validate_events` and :meth:`Sidecar.ingest` like a
+``POST /v1/events`` body, on the scoring executor's thread. Only the age
+limit is lifted (the log reaches back a day or more); every other check
+holds, and an event the sidecar would refuse stops the start with its
+reason. What the replay sends is what a POP could report: the generator's
+bot labels and the users' truth stay out, so bots are found by their pace.
 """
 
 from __future__ import annotations
@@ -17,10 +27,11 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 from aiohttp import web
 
@@ -30,14 +41,20 @@ from origin.catalog import Catalog, build_catalog
 from predictor.api import Predictor, create_app
 from predictor.errors import PredictorError
 from predictor.features import EventFacts
+from predictor.ingest import ACTIONS, BatchLimits, validate_events
 from predictor.scoring import Scorer
 from predictor.serve_settings import ServeSettings
-from predictor.sidecar import CatalogData, Sidecar
+from predictor.sidecar import CatalogData, IngestResult, Sidecar
 from predictor.traces import read_summary
 
 log = logging.getLogger("boxoffice.predictor.service")
 
 SECTION = "predictor_serve"
+# Events validated and applied per step of the start-up replay: bounds the decoded objects held at
+# once (about 1 KiB each) while keeping per-batch overhead negligible.
+REPLAY_BATCH: Final = 10_000
+EVENT_LOG: Final = "event_log.parquet"
+_LOG_COLUMNS: Final = ("ts", "session_id", "user_id", "action", "event_id", "item_id", "user_region")
 SERVE_DESCRIPTION = """\
 Serve the predictor sidecar's HTTP API: ingest user events (POST /v1/events),
 answer per-user hints (GET /v1/hints/{user_id}), POP warm lists (GET
@@ -70,6 +87,9 @@ def run_serve(args: argparse.Namespace, prog: str) -> int:
         return 1
     try:
         run(serve(predictor))
+    except PredictorError as exc:  # the start-up replay of the workload failed
+        print(f"{prog}: {exc.message}", file=sys.stderr)
+        return 1
     except OSError as exc:  # the port is taken, or the address is not ours
         print(f"{prog}: cannot listen on {settings.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -129,7 +149,11 @@ def load_catalog(settings: ServeSettings) -> CatalogData:
             raise PredictorError(f"cannot read {path}: {exc}") from None
     try:
         info = summary["catalog"]
-        start = _start(str(summary["config"]["start"]), f"{directory}/summary.json config.start")
+        # the catalog's own start when `generate --catalog-start` moved it off the window's (older workloads: none)
+        where, text = (
+            ("catalog.start", info["start"]) if info.get("start") else ("config.start", summary["config"]["start"])
+        )
+        start = _start(str(text), f"{directory}/summary.json {where}")
         catalog = build_catalog(int(info["seed"]), venues=int(info["venues"]), events=int(info["events"]), start=start)
     except (KeyError, TypeError, ValueError) as exc:
         raise PredictorError(
@@ -151,6 +175,8 @@ async def serve(predictor: Predictor) -> None:
         access_log=log if settings.access_log else None,
         shutdown_timeout=settings.shutdown_timeout,
     )
+    if settings.replay_workload:
+        await replay(predictor)
     await runner.setup()
     try:
         host, port = settings.bind_address()
@@ -164,6 +190,78 @@ async def serve(predictor: Predictor) -> None:
         log.info("shutting down: draining requests for up to %.0f s", settings.shutdown_timeout)
     finally:
         await runner.cleanup()
+
+
+async def replay(predictor: Predictor) -> IngestResult:
+    """Feed the workload's event log up to now into the sidecar, on its thread; log and count it.
+
+    Raises:
+        PredictorError: the log cannot be read or an event of it is refused.
+    """
+    settings = predictor.settings
+    began = time.monotonic()
+    now_ms = predictor.now_ms()
+    result = await predictor.call(replay_workload, predictor.sidecar, Path(settings.workload), now_ms, settings)
+    predictor.metrics.events.inc(amount=result.accepted)
+    predictor.metrics.duplicates.inc(amount=result.duplicates)
+    log.info(
+        "replayed %d events of %s up to %s (%d duplicates) in %.1f s",
+        result.accepted, settings.workload, _rfc3339(now_ms), result.duplicates, time.monotonic() - began,
+    )  # fmt: skip
+    return result
+
+
+def replay_workload(sidecar: Sidecar, directory: Path, now_ms: int, settings: ServeSettings) -> IngestResult:
+    """Apply the workload's logged user activity up to `now_ms` (inclusive), oldest first.
+
+    Runs on the sidecar's thread (it reads parquet and applies events). Each row becomes the event a
+    POP reports: the request's region is the user's (their nearest POP's), ids are ``log-{row}``.
+
+    Raises:
+        PredictorError: the event log cannot be read, or an event is refused (the message names it).
+    """
+    path = directory / EVENT_LOG
+    try:
+        frame = pd.read_parquet(path, columns=list(_LOG_COLUMNS))
+    except (OSError, ValueError, KeyError) as exc:
+        raise PredictorError(f"cannot read {path}: {exc}") from None
+    ts = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[ms, UTC]").astype(np.int64).to_numpy()
+    rows = np.flatnonzero((ts <= now_ms) & frame["action"].astype(str).isin(ACTIONS).to_numpy())
+    rows = rows[np.argsort(ts[rows], kind="stable")]
+    # The age limit is the only one lifted: the log reaches back as far as the workload's window.
+    limits = BatchLimits(
+        REPLAY_BATCH, now_ms - int(ts[rows].min(initial=now_ms)) + 1, round(settings.max_clock_skew * 1000)
+    )
+    accepted = duplicates = 0
+    for begin in range(0, len(rows), REPLAY_BATCH):
+        chunk = rows[begin : begin + REPLAY_BATCH]
+        documents = _log_documents(frame.iloc[chunk], ts[chunk], chunk)
+        try:
+            events = validate_events(documents, limits, sidecar.known_events, now_ms)
+        except PredictorError as exc:
+            raise PredictorError(f"{path} cannot be replayed: row {begin} of the replay on: {exc.message}") from None
+        result = sidecar.ingest(events)
+        accepted += result.accepted
+        duplicates += result.duplicates
+    return IngestResult(accepted, duplicates)
+
+
+def _log_documents(rows: Any, ts_ms: Any, numbers: Any) -> list[dict[str, Any]]:
+    """The ``POST /v1/events`` objects of event-log `rows` (``ts_ms``: their times; ``numbers``: row ids)."""
+    return [
+        {"id": f"log-{number}", "ts": int(when), "user_id": user, "action": action,
+         "event_id": None if pd.isna(event) else str(event), "item_id": None if pd.isna(item) else str(item),
+         "session_id": int(session), "region": None if pd.isna(region) else str(region)}
+        for number, when, user, action, event, item, session, region in zip(
+            numbers.tolist(), ts_ms.tolist(), rows["user_id"].astype(str), rows["action"].astype(str),
+            rows["event_id"].astype(object), rows["item_id"].astype(object), rows["session_id"].tolist(),
+            rows["user_region"].astype(object), strict=True,
+        )
+    ]  # fmt: skip
+
+
+def _rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _items_by_event(catalog: Catalog) -> dict[str, tuple[str, ...]]:

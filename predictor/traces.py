@@ -13,8 +13,10 @@ The layout (every table is parquet, times are UTC timestamps in milliseconds):
   profiles, past purchases, presale registrations and invitations;
 * ``event_plan.parquet`` — per catalog event: rank, popularity, announcement,
   on-sale, spike, baseline, waiting room and presale;
-* ``summary.json`` — the config, the catalog it was built over, counts and
-  the realised statistics beside what the config promises.
+* ``summary.json`` — the config, the catalog it was built over, counts,
+  the realised statistics beside what the config promises, and
+  ``demo_users``: a few consenting humans to log in as in a demo (see
+  :func:`demo_users`).
 
 Each file is written under a temporary name and renamed into place, so a
 reader never sees half a file; the summary is written last, so its presence
@@ -32,22 +34,33 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
+import pandas as pd  # type: ignore[import-untyped]
+
+from predictor.features import REQUEST_ACTIONS
 from predictor.realised import realised_statistics
 from predictor.workload import Workload
 
 SUMMARY: Final = "summary.json"
 TRACES: Final = "traces"
 FORMAT_VERSION: Final = 1  # bump when a table's columns change meaning
+DEMO_USERS: Final = 5  # users named in summary.json: the demo's login, and a few spares
+# A demo user's interest must be recent at the demo's time: the purchase model weighs the last hours' activity.
+DEMO_ACTIVITY_WINDOW_MS: Final = 6 * 3600 * 1000
 _TABLES: Final = ("event_log", "sessions", "users", "purchase_history", "presale", "event_plan")
 
 
-def write_workload(workload: Workload, directory: Path, catalog: Mapping[str, Any]) -> dict[str, Any]:
+def write_workload(
+    workload: Workload, directory: Path, catalog: Mapping[str, Any], demo: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Write every table, the per-POP traces and the summary into `directory`; return the summary.
 
     Args:
         workload: what :func:`predictor.workload.generate` returned.
         directory: created if missing; files of an earlier run are replaced.
-        catalog: how the catalog was built (``seed``, ``venues``, ``events``), so a reader can rebuild it.
+        catalog: how the catalog was built (``seed``, ``venues``, ``events``, and ``start`` when it is not
+            the window's), so a reader can rebuild it.
+        demo: the summary's ``demo_users`` (:func:`demo_users`).
 
     Raises:
         OSError: the directory or a file cannot be written.
@@ -77,6 +90,7 @@ def write_workload(workload: Workload, directory: Path, catalog: Mapping[str, An
         "files": files,
         "counts": _counts(workload, per_pop),
         "statistics": realised_statistics(workload),
+        "demo_users": list(demo),
     }
     summary = _plain(summary)
     _write_text(directory / SUMMARY, json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -92,6 +106,55 @@ def read_summary(directory: Path) -> dict[str, Any]:
     """
     summary: dict[str, Any] = json.loads((directory / SUMMARY).read_text(encoding="utf-8"))
     return summary
+
+
+def demo_users(workload: Workload, as_of_ms: int, limit: int = DEMO_USERS) -> tuple[str, ...]:
+    """Up to `limit` consenting humans most engaged, shortly before `as_of_ms`, with an event still to come.
+
+    A demo logs in as one of them and should see hints at once: the purchase model scores highest a
+    user with heavy, recent interest in one event, so (user, event) pairs of the
+    :data:`DEMO_ACTIVITY_WINDOW_MS` before `as_of_ms` are ranked by holds, then requests, then the
+    latest request, over events that start after `as_of_ms`; each user is named once, best pair first.
+    Pure: the time is the caller's (`generate` passes the wall clock, clamped into the window).
+    """
+    log = workload.event_log
+    ts = _epoch_ms(log["ts"])
+    plan = workload.event_plan.set_index("event_id")
+    users = workload.users.set_index("user_id")
+    recent = (
+        (ts <= as_of_ms)
+        & (ts > as_of_ms - DEMO_ACTIVITY_WINDOW_MS)
+        & (log["session_id"].to_numpy() >= 0)
+        & log["event_id"].notna().to_numpy()
+        & log["action"].astype(str).isin(REQUEST_ACTIONS).to_numpy()
+    )
+    rows = log.loc[recent]
+    user_ids = rows["user_id"].astype(str)
+    event_ids = rows["event_id"].astype(str)
+    starts = _epoch_ms(plan["starts_at"].reindex(event_ids.to_numpy()))
+    wanted = (
+        users["consent"].reindex(user_ids).fillna(False).to_numpy(dtype=np.bool_)
+        & ~users["is_bot"].reindex(user_ids).fillna(True).to_numpy(dtype=np.bool_)
+        & (starts > as_of_ms)
+    )
+    pairs = pd.DataFrame({
+        "user": user_ids.to_numpy()[wanted],
+        "event": event_ids.to_numpy()[wanted],
+        "hold": (rows["action"].astype(str) == "hold").to_numpy()[wanted],
+        "ts": ts[recent][wanted],
+    })  # fmt: skip
+    ranked = (
+        pairs.groupby(["user", "event"], sort=True)
+        .agg(holds=("hold", "sum"), requests=("hold", "size"), last=("ts", "max"))
+        .sort_values(["holds", "requests", "last"], ascending=False, kind="stable")
+    )
+    chosen = dict.fromkeys(str(user) for user, _ in ranked.index)
+    return tuple(list(chosen)[:limit])
+
+
+def _epoch_ms(column: Any) -> Any:
+    """Milliseconds since the epoch of a timestamp column (NaT becomes the smallest int64)."""
+    return pd.to_datetime(pd.Series(column), utc=True).astype("datetime64[ms, UTC]").astype(np.int64).to_numpy()
 
 
 def trace_paths(directory: Path) -> dict[str, Path]:

@@ -5,12 +5,15 @@ GeoDNS config, then start the stages of :func:`ops.up.plan.plan_stack` one
 after the other (each stage's services in parallel, one progress line per
 service as it answers its health check). Between the shards and the POPs the
 shard map is PUT to the origin, so the POPs' first map already routes by it.
-Meanwhile, on a first start, the predictor's workload is generated and its
-models trained (:mod:`ops.up.training`); once GeoDNS reports every POP
-healthy and training is done, the predictor starts (last: it pushes warm
-lists to the POPs), `up` picks a demo user the predictor has hints for,
-prints what to try and supervises until SIGINT or SIGTERM, then stops the
-stages in reverse order.
+Meanwhile, once the origin answers, `up` reads back which day its demo
+catalog starts on and, on a first start (or a later day's), generates the
+predictor's workload over that catalog and trains its models
+(:mod:`ops.up.training`); once GeoDNS reports every POP healthy and training
+is done, the predictor starts (last: it pushes warm lists to the POPs; it
+replays its workload's log up to now before it answers), `up` picks the
+first of the workload's demo users the predictor has hints for, prints what
+to try and supervises until SIGINT or SIGTERM, then stops the stages in
+reverse order.
 The state file (:mod:`ops.up.state`) follows every change, for `boxoffice
 status`.
 """
@@ -31,6 +34,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import quote
 
 import aiohttp
 
@@ -53,21 +57,25 @@ from ops.up.traffic import Traffic
 from ops.up.training import (
     TrainingError,
     TrainingPlan,
+    catalog_shift,
     catalog_start,
+    demo_users,
     read_marker,
     reusable,
     train,
     training_plan,
 )
+from origin.catalog import build_catalog
 
 DESCRIPTION = """\
 Run the whole boxoffice stack on this machine: the origin primary (SQLite in
 the data directory, demo catalog seeded), one shard per region, one POP per
 region on its own loopback address (127.0.0.2, .3, …), GeoDNS on port 5353
 with a generated location database (client subnet 100.64.N.0/24 is region N's
-city), and the predictor sidecar (on first start it trains on a small generated
-workload over the same demo catalog; later starts reuse the models, --retrain
-redoes them). Restarts a crashed service,
+city), and the predictor sidecar (on the first start of a day it trains on a small
+generated workload of yesterday and today over the origin's demo catalog, and
+replays that workload's activity up to now so the demo has live users; later
+starts that day reuse the models, --retrain redoes them). Restarts a crashed service,
 stops everything on Ctrl-C. Settings come from flags, then BOXOFFICE_UP_*
 environment variables, then the [up] table of the --config file.
 """
@@ -76,10 +84,6 @@ HTTP_TIMEOUT: Final = 10.0
 # GeoDNS needs health_rise (2) checks a second apart to call a POP healthy.
 ROTATION_TIMEOUT: Final = 15.0
 EVENT_PAGE: Final = 1_000  # origin.store.base.MAX_PAGE_ROWS: the largest page /v1/events serves
-# The demo user is the first of the workload's first users the predictor has hints for. Ids are the
-# generator's (predictor.audience: usr- and 7 digits below ten million accounts); each probe is one
-# loopback request, so the search is bounded well below a second of a busy host's time.
-DEMO_USER_PROBES: Final = 200
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -120,11 +124,6 @@ async def _up(settings: UpSettings, prog: str) -> int:
     stack_secrets = Secrets(*(secrets.token_urlsafe(24) for _ in range(4)))
     plan = plan_stack(settings, python=sys.executable, secrets=stack_secrets, with_predictor=with_predictor,
                       catalog_start=catalog_start(now))  # fmt: skip
-    training = None
-    if with_predictor and settings.predictor_models is None:
-        training = training_plan(settings, python=sys.executable, now=now)
-        if not settings.retrain and reusable(read_marker(training), training.inputs):
-            training = None
     busy = _busy_ports(plan)
     if busy:
         print(f"{prog}: {'; '.join(busy)} (another stack? use --base-port N)", file=sys.stderr)
@@ -139,18 +138,13 @@ async def _up(settings: UpSettings, prog: str) -> int:
     say(f"boxoffice up: starting the stack in {data_dir} (logs in {data_dir / 'logs'})")
     if not with_predictor:
         say("  predictor: off (--no-predictor)")
-    elif training is not None:
-        say(f"  {'predictor training':<22} generating a workload of {settings.train_users} users over the demo "
-            "catalog, then training (the predictor starts when it is done)")  # fmt: skip
-    elif settings.predictor_models is None:
-        say(f"  {'predictor training':<22} reusing the models in {data_dir / 'predictor'} (--retrain to redo)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         async with aiohttp.ClientSession() as session:
-            stack = _Stack(settings, plan, session, stack_secrets, training)
+            stack = _Stack(settings, plan, session, stack_secrets, with_predictor and settings.predictor_models is None)
             return await stack.run(stop)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -164,13 +158,14 @@ class _Stack:
         plan: StackPlan,
         session: aiohttp.ClientSession,
         keys: Secrets,
-        training: TrainingPlan | None,
+        train_predictor: bool,
     ) -> None:
         self.settings = settings
         self.plan = plan
         self.session = session
         self.secrets = keys
-        self.training = training
+        self.train_predictor = train_predictor  # generate and train in DATA_DIR/predictor (unless reusable)
+        self.training: TrainingPlan | None = None  # known once the origin said which catalog it holds
         self.predictor_up = False
         self.demo_user = ""
         self.demo_user_hinted = False
@@ -243,12 +238,15 @@ class _Stack:
     async def start(self, group: asyncio.TaskGroup) -> bool:
         """Start every stage; False (after saying why) when a service does not come up.
 
-        Training (when needed) runs meanwhile in a task of its own, awaited just before the
-        predictor's stage; when it fails, the stack runs without the predictor.
+        Training (when needed) runs meanwhile in a task of its own, from when the origin answers
+        (it says which catalog it holds) until just before the predictor's stage; when it fails,
+        the stack runs without the predictor.
         """
-        trained = None if self.training is None else asyncio.create_task(self.train(self.training))
+        trained: asyncio.Task[bool] | None = None
         try:
             for stage in self.plan.stages:
+                if trained is None and self.train_predictor and stage[0].kind != "origin":
+                    trained = asyncio.create_task(self.prepare_predictor())
                 if stage[0].kind == "pop":
                     await self.publish_shard_map()
                 if stage[0].kind == "predictor" and trained is not None and not await trained:
@@ -275,6 +273,45 @@ class _Stack:
                     await trained
         return True
 
+    async def prepare_predictor(self) -> bool:
+        """Models for the origin's catalog and today's window: reused when the marker fits, else trained."""
+        start = await self.origin_catalog_start()
+        if start is None:
+            return False
+        plan = training_plan(self.settings, python=sys.executable, now=datetime.now(UTC), catalog=start)
+        self.training = plan
+        if not self.settings.retrain and reusable(read_marker(plan), plan.inputs):
+            say(f"  {'predictor training':<22} reusing the models in {plan.directory} (--retrain to redo)")
+            return True
+        say(f"  {'predictor training':<22} generating a workload of {self.settings.train_users} users over the "
+            f"origin's catalog (from {start}), then training (the predictor starts when it is done)")  # fmt: skip
+        return await self.train(plan)
+
+    async def origin_catalog_start(self) -> str | None:
+        """The day the origin's demo catalog starts on (RFC 3339), read from its first event; None (after
+        saying why) when the origin holds no demo catalog of these settings."""
+        settings = self.settings
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        built = await asyncio.to_thread(
+            build_catalog, settings.demo_seed, venues=settings.demo_venues, events=settings.demo_events, start=today
+        )
+        first = built.events[0]
+        url = f"{self.plan.origin_url}/v1/events/{quote(first.id)}"
+        try:
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT)) as response:
+                document = await response.json() if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            say(f"  {'predictor':<22} not started: cannot read {url}: {exc}")
+            return None
+        event = document.get("event") if isinstance(document, dict) else None
+        served = event.get("starts_at") if isinstance(event, dict) else None
+        shift = catalog_shift(served, first.starts_at) if isinstance(served, str) else None
+        if shift is None:
+            say(f"  {'predictor':<22} not started: the origin's {first.id} is not the demo catalog's of seed "
+                f"{settings.demo_seed} ({url} answered {document!r:.200})")  # fmt: skip
+            return None
+        return catalog_start(today + shift)
+
     async def train(self, plan: TrainingPlan) -> bool:
         """Generate and train; False (after saying why) when it failed."""
         try:
@@ -291,22 +328,18 @@ class _Stack:
         return True
 
     async def find_demo_user(self, predictor_url: str) -> tuple[str, bool]:
-        """A consenting user of the workload with hints now (True), else one without (False); "" when none."""
-        known = ""
-        for number in range(1, DEMO_USER_PROBES + 1):
-            user = f"usr-{number:07d}"
+        """The first of the workload's demo users with hints now (True), else the first (False); "" when none."""
+        candidates = [] if self.training is None else await asyncio.to_thread(demo_users, self.training)
+        for user in candidates:
             try:
-                async with self.session.get(f"{predictor_url}/v1/hints/{user}",
+                async with self.session.get(f"{predictor_url}/v1/hints/{quote(user, safe='')}",
                                             timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT)) as response:  # fmt: skip
-                    if response.status != 200:
-                        continue
-                    document = await response.json()
+                    document = await response.json() if response.status == 200 else None
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 break
-            known = known or user
             if isinstance(document, dict) and document.get("hints"):
                 return user, True
-        return known, False
+        return (candidates[0], False) if candidates else ("", False)
 
     async def announce(self, child: Child) -> bool:
         """Wait until `child` is healthy and say so; False when an optional child did not come up."""

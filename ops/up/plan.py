@@ -187,9 +187,9 @@ def plan_stack(
                                         "--catalog-events", str(settings.demo_events))  # fmt: skip
             if catalog_start:
                 sources += ("--catalog-start", catalog_start)
-        else:  # what ops.up.training writes
+        else:  # what ops.up.training writes; its log up to now is replayed, so the demo has live users
             sources = ("--models", str(data_dir / "predictor" / "models"),
-                       "--workload", str(data_dir / "predictor" / "workload"))  # fmt: skip
+                       "--workload", str(data_dir / "predictor" / "workload"), "--replay-workload")  # fmt: skip
         pops_flag = ",".join(
             f"{region}@{region}=http://{pop_address(index)}:{ports['pop'] + index}"
             for index, region in enumerate(regions)

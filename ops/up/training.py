@@ -1,26 +1,33 @@
 """The predictor's first-start step of `boxoffice up`: generate a small workload and train on it.
 
 `predictor serve` needs trained models, and models need a workload. On a
-first start (no ``DATA_DIR/predictor/trained.json``) `up` runs the two
-predictor commands as child processes, one after the other, while the rest
-of the stack starts:
+first start (no ``DATA_DIR/predictor/trained.json``), and on the first start
+of a later day, `up` runs the two predictor commands as child processes, one
+after the other, while the rest of the stack starts:
 
-1. ``predictor generate`` over the very demo catalog the origin seeds (the
-   same seed, venue and event counts, and the same start: midnight UTC today,
-   which is what ``origin serve --seed-demo`` uses), one simulated day long,
-   so the window holds the current time and every event and item id the
-   predictor names is one the origin serves;
+1. ``predictor generate`` over the very demo catalog the origin holds (the
+   same seed, venue and event counts, and the same start: midnight UTC of the
+   day the origin first seeded it, which `up` reads back from the origin with
+   :func:`catalog_shift`), with a window of yesterday and today, so the window
+   holds the current time with a day of history behind it, and every event and
+   item id the predictor names is one the origin serves;
 2. ``predictor train`` on it.
+
+``predictor serve --replay-workload`` then applies that window's log up to
+now, and ``summary.json``'s ``demo_users`` name whom the demo logs in as.
 
 Each child's output goes to ``DATA_DIR/logs/predictor-train.log``; its log
 lines (generated, model trained) are echoed as progress. The marker
 ``trained.json`` is written last, so an interrupted run is redone on the next
-start rather than half reused. A later start reuses the models when the marker
-names the same catalog and workload settings (a changed catalog would make
-every id the predictor hints wrong); ``--retrain`` redoes them anyway.
+start rather than half reused. A later start on the same day reuses the
+models when the marker names the same catalog (start included) and workload
+settings; on a later day the window no longer holds now, so the workload is
+generated again (over the origin's unchanged catalog) and trained again;
+``--retrain`` redoes them anyway.
 
-:func:`training_plan` and :func:`reusable` are pure; :func:`train` runs the
-children (killing them, group and all, when `up` is stopped meanwhile).
+:func:`training_plan`, :func:`reusable` and :func:`catalog_shift` are pure;
+:func:`train` runs the children (killing them, group and all, when `up` is
+stopped meanwhile).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,9 +50,9 @@ from ops.up.settings import UpSettings
 
 MARKER: Final = "trained.json"
 LOG_NAME: Final = "predictor-train.log"
-# One simulated day starting at the origin's catalog start: the catalog and the
-# workload then share their start (generate builds the catalog from it).
-WORKLOAD_DAYS: Final = 1
+# Yesterday and today: the replay up to now then has at least a day of history (hints weigh the last
+# hours' activity, and right after midnight today alone would hold minutes of it).
+WORKLOAD_DAYS: Final = 2
 # The lines of the children worth echoing: the predictor's own INFO log records.
 PROGRESS_MARK: Final = " INFO predictor: "
 MAX_LINE: Final = 64 * 1024  # a child's line beyond this is cut (stdout JSON is pretty-printed: short lines)
@@ -62,7 +69,8 @@ class TrainingInputs:
     catalog_seed: int
     catalog_venues: int
     catalog_events: int
-    workload_start: str  # RFC 3339, midnight UTC
+    catalog_start: str  # RFC 3339: midnight UTC of the origin's first day (it seeds its catalog once)
+    workload_start: str  # RFC 3339, midnight UTC yesterday
     workload_days: int
     workload_seed: int
     users: int
@@ -91,15 +99,37 @@ def catalog_start(now: datetime) -> str:
     return midnight.isoformat().replace("+00:00", "Z")
 
 
-def training_plan(settings: UpSettings, *, python: str, now: datetime) -> TrainingPlan:
-    """The two commands that write DATA_DIR/predictor/{workload,models} for `settings`."""
+def catalog_shift(served_starts_at: str, built_starts_at: datetime) -> timedelta | None:
+    """How far the origin's catalog is from one built here: the served start of an event minus the
+    built start of the same event, or None when that is not a whole number of days (another catalog).
+
+    The demo catalog is a function of its seed, sizes and start, and a start moves every date by the
+    same whole days (origin.catalog builds them from midnight of the start), so one event tells.
+    """
+    try:
+        served = datetime.fromisoformat(served_starts_at.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if served.tzinfo is None:
+        return None
+    shift = served - built_starts_at
+    return shift if shift % timedelta(days=1) == timedelta(0) else None
+
+
+def training_plan(settings: UpSettings, *, python: str, now: datetime, catalog: str = "") -> TrainingPlan:
+    """The two commands that write DATA_DIR/predictor/{workload,models} for `settings`.
+
+    `catalog` is the origin's catalog start (RFC 3339, midnight UTC); empty: today's (a fresh origin's).
+    """
     data_dir = settings.data_dir.resolve()
     directory = data_dir / "predictor"
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     inputs = TrainingInputs(
         catalog_seed=settings.demo_seed, catalog_venues=settings.demo_venues, catalog_events=settings.demo_events,
-        workload_start=catalog_start(now), workload_days=WORKLOAD_DAYS, workload_seed=settings.train_seed,
-        users=settings.train_users, sessions_per_day=settings.train_sessions_per_day,
-        boost_rounds=settings.train_boost_rounds,
+        catalog_start=catalog or catalog_start(now),
+        workload_start=catalog_start(today - timedelta(days=WORKLOAD_DAYS - 1)), workload_days=WORKLOAD_DAYS,
+        workload_seed=settings.train_seed, users=settings.train_users,
+        sessions_per_day=settings.train_sessions_per_day, boost_rounds=settings.train_boost_rounds,
     )  # fmt: skip
     workload_dir, models_dir = directory / "workload", directory / "models"
     predictor = (python, "-P", "-m", "ops.cli", "predictor")  # -P: see ops.up.plan (data_dir/predictor)
@@ -108,7 +138,8 @@ def training_plan(settings: UpSettings, *, python: str, now: datetime) -> Traini
         "--workload-start", inputs.workload_start, "--workload-days", str(inputs.workload_days),
         "--workload-users", str(inputs.users), "--sessions-per-day", str(inputs.sessions_per_day),
         "--catalog-seed", str(inputs.catalog_seed), "--catalog-venues", str(inputs.catalog_venues),
-        "--catalog-events", str(inputs.catalog_events), "--log-level", "info",
+        "--catalog-events", str(inputs.catalog_events), "--catalog-start", inputs.catalog_start,
+        "--log-level", "info",
     )  # fmt: skip
     train = (
         *predictor, "train", "--workload-dir", str(workload_dir), "--models-dir", str(models_dir),
@@ -118,18 +149,24 @@ def training_plan(settings: UpSettings, *, python: str, now: datetime) -> Traini
 
 
 def reusable(marker: Mapping[str, Any] | None, inputs: TrainingInputs) -> bool:
-    """Whether models described by `marker` fit `inputs`: the same catalog and workload, the day aside.
-
-    The workload's start is today's date, so a later day's start differs; the models stay valid for the
-    catalog the origin already holds (it is seeded once), which is what matters.
-    """
+    """Whether models described by `marker` fit `inputs`: the same catalog (start included) and the same
+    workload over the same window (on a later day the window no longer holds now: nothing to replay)."""
     if not isinstance(marker, dict):
         return False
     recorded = marker.get("inputs")
     if not isinstance(recorded, dict):
         return False
-    wanted = asdict(inputs)
-    return all(recorded.get(key) == value for key, value in wanted.items() if key != "workload_start")
+    return all(recorded.get(key) == value for key, value in asdict(inputs).items())
+
+
+def demo_users(plan: TrainingPlan) -> list[str]:
+    """The workload's ``demo_users`` (its summary.json), best first; none when it has none or is unreadable."""
+    try:
+        summary = json.loads((plan.workload_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    users = summary.get("demo_users") if isinstance(summary, dict) else None
+    return [user for user in users if isinstance(user, str)] if isinstance(users, list) else []
 
 
 def read_marker(plan: TrainingPlan) -> dict[str, Any] | None:

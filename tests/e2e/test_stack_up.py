@@ -28,7 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from ops.status import Row, describe, render_table
 from ops.up.plan import FAILOVER_BOUND_SECONDS, SITE, STALENESS_BOUND_SECONDS, Secrets, plan_stack, shard_map_document
 from ops.up.settings import UpSettings
 from ops.up.supervisor import RestartPolicy
-from ops.up.training import reusable, training_plan
+from ops.up.training import catalog_shift, reusable, training_plan
 from origin.forecast import parse_forecast
 from origin.metadata import validate_placement
 from tests.e2e.conftest import REGIONS, REPO, Stack
@@ -77,6 +77,7 @@ def test_plan_starts_the_predictor_last_pushing_to_every_pop_with_their_token() 
     pops = [spec for spec in plan.services if spec.kind == "pop"]
     assert command[command.index("--pops") + 1].split(",") == [f"{p.region}@{p.region}={p.url}" for p in pops]
     assert command[command.index("--workload") + 1] == "/tmp/boxoffice-plan/predictor/workload"
+    assert "--replay-workload" in command  # the demo's users are live from the first request
     assert predictor.environment["BOXOFFICE_PREDICTOR_SERVE_WARM_TOKEN"] == "purge"
     for pop in pops:
         assert pop.command[pop.command.index("--predictor") + 1] == predictor.url
@@ -84,19 +85,34 @@ def test_plan_starts_the_predictor_last_pushing_to_every_pop_with_their_token() 
         assert pop.environment["BOXOFFICE_EDGE_PURGE_TOKEN"] == "purge"  # what /_edge/warm checks
 
 
-def test_training_runs_over_the_origins_catalog_and_is_reused_on_a_later_day() -> None:
+def test_training_runs_over_the_origins_catalog_and_is_redone_on_a_later_day() -> None:
     settings = UpSettings(data_dir=Path("/tmp/boxoffice-plan"), demo_events=600, demo_venues=60, demo_seed=7)
-    plan = training_plan(settings, python=sys.executable, now=datetime(2026, 3, 1, 15, 30, tzinfo=UTC))
+    first_day = "2026-02-20T00:00:00Z"  # the origin seeded its catalog then, and keeps it
+    now = datetime(2026, 3, 1, 15, 30, tzinfo=UTC)
+    plan = training_plan(settings, python=sys.executable, now=now, catalog=first_day)
     generate = list(plan.generate)
     flags = {generate[i]: generate[i + 1] for i in range(len(generate) - 1) if generate[i].startswith("--")}
     assert (flags["--catalog-seed"], flags["--catalog-venues"], flags["--catalog-events"]) == ("7", "60", "600")
-    assert flags["--workload-start"] == "2026-03-01T00:00:00Z"  # the origin seeds from midnight UTC today
+    assert flags["--catalog-start"] == first_day  # not the day of the training
+    assert (flags["--workload-start"], flags["--workload-days"]) == ("2026-02-28T00:00:00Z", "2")  # holds now
     marker = {"inputs": dataclasses.asdict(plan.inputs)}
-    later = training_plan(settings, python=sys.executable, now=datetime(2026, 3, 9, tzinfo=UTC))
-    assert reusable(marker, later.inputs)
+    later_today = training_plan(settings, python=sys.executable, now=now.replace(hour=23), catalog=first_day)
+    assert reusable(marker, later_today.inputs)
+    tomorrow = training_plan(settings, python=sys.executable, now=datetime(2026, 3, 2, 1, tzinfo=UTC),
+                             catalog=first_day)  # fmt: skip
+    assert not reusable(marker, tomorrow.inputs)  # yesterday's window cannot replay up to now
+    assert tomorrow.inputs.catalog_start == first_day
     other_catalog = dataclasses.replace(settings, demo_events=700)
-    assert not reusable(marker, training_plan(other_catalog, python=sys.executable, now=datetime.now(UTC)).inputs)
+    assert not reusable(marker, training_plan(other_catalog, python=sys.executable, now=now, catalog=first_day).inputs)
     assert not reusable(None, plan.inputs)
+
+
+def test_the_origins_catalog_start_is_read_back_from_one_event() -> None:
+    built = datetime(2026, 3, 14, 19, 30, tzinfo=UTC)
+    assert catalog_shift("2026-03-10T19:30:00Z", built) == timedelta(days=-4)
+    assert catalog_shift("2026-03-14T19:30:00Z", built) == timedelta(0)
+    assert catalog_shift("2026-03-10T18:30:00Z", built) is None  # not a whole number of days: another catalog
+    assert catalog_shift("not a time", built) is None
 
 
 def test_status_describes_the_predictor() -> None:
@@ -210,6 +226,38 @@ def test_purchase_at_the_origin_shows_at_the_pop_within_the_staleness_bound(stac
     assert poll(STALENESS_BOUND_SECONDS, seen), f"the POP still shows {before['available']} available"
 
 
+def hint_answers(predictor_url: str) -> float:
+    """Hint requests the predictor answered so far, whatever the answer (its Prometheus counter)."""
+    with _NO_PROXY.open(f"{predictor_url}/metrics", timeout=HTTP_TIMEOUT) as response:
+        text = response.read().decode()
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+               if line.startswith("predictor_hints_served_total{"))  # fmt: skip
+
+
+def test_the_demo_page_gets_hints_through_the_pop_from_the_predictor(stack: Stack) -> None:
+    pop = stack.service("pop/ap-northeast")
+    user = stack.state()["predictor"]["demo_user"]
+    assert user and f"log in as {user} " in stack.log(), stack.log()  # the demo login `up` printed
+    login = urllib.request.Request(f"{pop['url']}/_edge/demo/login", data=json.dumps({"user_id": user}).encode(),
+                                   method="POST", headers={"Content-Type": "application/json"})  # fmt: skip
+    with _NO_PROXY.open(login, timeout=HTTP_TIMEOUT) as response:
+        cookies = [value.partition(";")[0] for value in response.headers.get_all("Set-Cookie") or []]
+    assert any(cookie.startswith("bo_user=") for cookie in cookies), cookies
+    before = hint_answers(stack.service("predictor")["url"])
+    status, _, document = http("GET", f"{pop['url']}/v1/hints", headers={"Cookie": "; ".join(cookies)})
+    assert status == 200, document
+    assert document["user_id"] == user and isinstance(document["hints"], list), document
+    assert hint_answers(stack.service("predictor")["url"]) > before  # the POP asked the predictor, which answered
+    # Nobody has browsed yet: the hints come from the workload's log, replayed when the predictor started.
+    assert document["hints"], f"no hints for the demo user {user}: {document}"
+
+
+def test_the_forecast_has_entries_before_any_event_is_posted(stack: Stack) -> None:
+    status, _, document = http("GET", f"{stack.service('predictor')['url']}/v1/forecast")
+    assert status == 200, document
+    assert parse_forecast(document), document  # the replayed log's demand
+
+
 def browse(stack: Stack, user: str, region: str, event_id: str, item_id: str) -> None:
     """POST a user's short visit to the predictor, as a POP would report it (ids make a retry a duplicate)."""
     predictor = stack.service("predictor")
@@ -246,29 +294,6 @@ def test_predictor_hints_answer_per_the_contract(stack: Stack) -> None:
         assert http("GET", f"{origin}{hint.url}")[0] == 200, hint.url
     status, _, answer = http("GET", f"{predictor['url']}/v1/hints/nobody-e2e")
     assert status == 404, answer  # the contract's "knows nothing about the user": an empty list at the POP
-
-
-def hint_answers(predictor_url: str) -> float:
-    """Hint requests the predictor answered so far, whatever the answer (its Prometheus counter)."""
-    with _NO_PROXY.open(f"{predictor_url}/metrics", timeout=HTTP_TIMEOUT) as response:
-        text = response.read().decode()
-    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
-               if line.startswith("predictor_hints_served_total{"))  # fmt: skip
-
-
-def test_the_demo_page_gets_hints_through_the_pop_from_the_predictor(stack: Stack) -> None:
-    pop = stack.service("pop/ap-northeast")
-    user = stack.state()["predictor"]["demo_user"]
-    login = urllib.request.Request(f"{pop['url']}/_edge/demo/login", data=json.dumps({"user_id": user}).encode(),
-                                   method="POST", headers={"Content-Type": "application/json"})  # fmt: skip
-    with _NO_PROXY.open(login, timeout=HTTP_TIMEOUT) as response:
-        cookies = [value.partition(";")[0] for value in response.headers.get_all("Set-Cookie") or []]
-    assert any(cookie.startswith("bo_user=") for cookie in cookies), cookies
-    before = hint_answers(stack.service("predictor")["url"])
-    status, _, document = http("GET", f"{pop['url']}/v1/hints", headers={"Cookie": "; ".join(cookies)})
-    assert status == 200, document
-    assert document["user_id"] == user and isinstance(document["hints"], list), document
-    assert hint_answers(stack.service("predictor")["url"]) > before  # the POP asked the predictor, which answered
 
 
 def test_predictor_warm_lists_name_urls_the_origin_serves(stack: Stack) -> None:

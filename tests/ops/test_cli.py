@@ -112,7 +112,7 @@ def test_layers_reach_the_effective_settings(tmp_path: Path) -> None:
     assert lines["max_body"] == "2048"
 
 
-def test_help_everywhere_and_missing_services() -> None:
+def test_help_everywhere_and_a_clear_error_without_models() -> None:
     for args in (["--help"], ["origin", "--help"], ["origin", "serve", "--help"], ["origin", "seed", "--help"]):
         result = run(*args)
         assert result.returncode == 0, (args, result.stderr)
@@ -123,9 +123,11 @@ def test_help_everywhere_and_missing_services() -> None:
     module = subprocess.run([sys.executable, "-m", "origin", "--help"], capture_output=True, text=True, timeout=60)
     assert module.returncode == 0
     assert "python -m origin" in module.stdout
-    result = run("predictor", "serve")
-    assert result.returncode == 2
-    assert "not in this version" in result.stderr
+    for service in ("edge", "geodns", "predictor", "pop", "up", "status"):
+        assert run(service, "--help").returncode == 0, service
+    result = run("predictor", "serve", "--models", "/nonexistent/models")
+    assert result.returncode == 1
+    assert "no purchase model" in result.stderr
 
 
 def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
