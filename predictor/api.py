@@ -64,6 +64,7 @@ PUSH_BACKOFF: Final = 1.0  # seconds before the first retry of a warm push; doub
 # Seconds an overloaded sidecar asks a client to wait (Retry-After, RFC 9110 section 10.2.3): the queue
 # drains in well under a second (a hint list takes milliseconds to score).
 OVERLOAD_RETRY_AFTER: Final = 1
+FORECAST_GAUGE_INTERVAL: Final = 60.0  # seconds between refreshes of the forecast gauge
 SCORING_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -108,6 +109,8 @@ class Predictor:
     metrics: PredictorMetrics = field(default_factory=PredictorMetrics)
     started_at: float = field(default_factory=time.monotonic)
     pushed: set[int] = field(default_factory=set)  # on-sale times whose warm lists went out
+    # region → forecast requests/s summed over its events: the shard autoscalers' external metric
+    forecast_by_region: dict[str, float] = field(default_factory=dict)
     # Calls submitted to the executor and not finished: its own queue has no bound, so `admit` keeps one.
     _queued: int = 0
     _queued_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -192,9 +195,36 @@ def create_app(predictor: Predictor, *, background: bool = True) -> web.Applicat
     for kind in (PURCHASE, DEMAND):
         m.gauge(f"predictor_{kind}_model_version", f"Version of the {kind} model served (0: none)",
                 functools.partial(lambda k: float(predictor.model_versions()[k] or 0), kind))  # fmt: skip
+    m.family(
+        "boxoffice_forecast_requests_per_second",
+        "Forecast requests per second for the next horizon, by region (refreshed every minute; HPA external metric)",
+        "gauge",
+        ("region",),
+        lambda: {(region,): value for region, value in predictor.forecast_by_region.items()},
+    )
     if background:
         app.cleanup_ctx.append(_background_tasks)
     return app
+
+
+def regional_totals(doc: dict[str, Any]) -> dict[str, float]:
+    """Sum a forecast document's requests/s per region."""
+    totals: dict[str, float] = {}
+    for row in doc.get("forecast", []):
+        totals[row["region"]] = totals.get(row["region"], 0.0) + float(row["requests_per_s"])
+    return totals
+
+
+async def refresh_forecast_gauge(predictor: Predictor, interval: float = FORECAST_GAUGE_INTERVAL) -> None:
+    """Keep `forecast_by_region` current (in the scoring executor); failures keep the last values."""
+    while True:
+        if predictor.sidecar.demand is not None:
+            try:
+                doc = await predictor.call(predictor.sidecar.forecast, predictor.now_ms())
+                predictor.forecast_by_region = regional_totals(doc)
+            except Exception:
+                log.warning("could not refresh the forecast gauge", exc_info=True)
+        await asyncio.sleep(interval)
 
 
 # Events and users ------------------------------------------------------------------
@@ -298,6 +328,7 @@ async def get_forecast(request: web.Request) -> web.StreamResponse:
         )
     try:
         doc = await predictor.timed("forecast", predictor.sidecar.forecast, predictor.now_ms())
+        predictor.forecast_by_region = regional_totals(doc)
     except PredictorError as exc:  # a reload dropped the demand model while this request waited
         raise ApiError(503, "no_demand_model", exc.message) from None
     return _json(doc, cache_control=NO_STORE)
@@ -343,6 +374,7 @@ async def _background_tasks(app: web.Application) -> AsyncIterator[None]:
             tasks.append(asyncio.create_task(reload_models(predictor), name="predictor-reload"))
         if predictor.settings.pops:
             tasks.append(asyncio.create_task(push_warm_lists(predictor, session), name="predictor-warm-push"))
+        tasks.append(asyncio.create_task(refresh_forecast_gauge(predictor), name="predictor-forecast-gauge"))
         try:
             yield
         finally:

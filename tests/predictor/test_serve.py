@@ -223,6 +223,11 @@ async def test_replayed_events_give_hints_to_a_consenting_human_and_none_to_bots
     assert "predictor_events_ingested_total " in metrics
     assert 'predictor_hints_served_total{result="hints"} 1' in metrics
     assert 'predictor_scoring_seconds_count{answer="hints"}' in metrics
+    # the shard autoscalers' external metric: the forecast summed per region
+    for region, rates in forecast.items():
+        total = sum(rates.values())
+        assert f'boxoffice_forecast_requests_per_second{{region="{region}"}}' in metrics
+        assert total >= 0
 
 
 async def test_a_bot_label_on_an_event_stops_hints(start_sidecar: StartSidecar, scene: Scene) -> None:
