@@ -38,7 +38,9 @@ callbacks back off exponentially with jitter (``backoff_initial`` doubling up
 to ``backoff_max``), and the backoff starts over only once a batch was
 applied: a callback that keeps raising is retried ever more slowly, not every
 ``backoff_initial``. Every request has a finite timeout (the long-poll
-``wait`` plus ``request_margin``).
+``wait`` plus ``request_margin``). The resets, failures, backoff and outage
+rules are shared with the Redis Streams follower in edge.followcore; this
+module is the HTTP transport.
 
 Race the POP must close itself: a miss fetched before a change commits may
 arrive after ``on_change`` evicted the item; the POP should not store an item
@@ -48,7 +50,6 @@ document whose ``version`` is below the last version announced for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -62,13 +63,26 @@ import aiohttp
 from yarl import URL
 
 from edge.errors import PeerError
+from edge.followcore import (
+    DEFAULT_BACKOFF_INITIAL,
+    DEFAULT_BACKOFF_MAX,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_OUTAGE,
+    SECOND,
+    CallbackFailed,
+    FollowerCore,
+    FollowHealth,
+    OnChange,
+    OnReset,
+    parse_position,
+    validate_retry_options,
+)
+from ops.backoff import Backoff
 from origin.changefeed import Position
-from origin.errors import BadRequest
 from origin.hlc import Stamp
 
 log = logging.getLogger("boxoffice.edge.feed")
 
-SECOND: Final = 1.0
 MiB: Final = 1024 * 1024
 
 # The origin refuses `limit` above 1,000 (origin.store.base.MAX_CHANGE_BATCH)
@@ -79,22 +93,12 @@ MAX_BATCH_LIMIT: Final = 1_000
 DEFAULT_LONG_POLL_WAIT: Final = 10 * SECOND
 # Time for the upstream to answer after `wait` ran out, and for the body to arrive.
 DEFAULT_REQUEST_MARGIN: Final = 5 * SECOND
-DEFAULT_CONNECT_TIMEOUT: Final = 2 * SECOND
-DEFAULT_BACKOFF_INITIAL: Final = 0.1 * SECOND
-DEFAULT_BACKOFF_MAX: Final = 5 * SECOND
-# Item documents have max-age 2 s and stale-while-revalidate 30 s at the
-# origin: past 30 s of a blind POP, its entries are older than the origin
-# ever lets a cache serve without revalidating.
-DEFAULT_MAX_OUTAGE: Final = 30 * SECOND
 # 1,000 records with whole-document patches (a new item) are ~2 MB; 16 MiB
 # refuses a runaway answer without refusing any legitimate one.
 MAX_RESPONSE_BYTES: Final = 16 * MiB
 _READ_CHUNK: Final = 64 * 1024
 # One long-poll at a time, plus the snapshot request.
 _CONNECTIONS: Final = 2
-
-OnChange = Callable[[str, int, dict[str, Any]], None]
-OnReset = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,36 +124,9 @@ class FollowOptions:
                 raise ValueError(f"{name}: must be a finite number of seconds >= 0")
         if self.request_margin <= 0 or self.connect_timeout <= 0 or self.backoff_initial <= 0:
             raise ValueError("request_margin, connect_timeout and backoff_initial must be positive")
-        if self.backoff_max < self.backoff_initial:
-            raise ValueError("backoff_max: must be at least backoff_initial")
-        if self.max_outage is not None and not (math.isfinite(self.max_outage) and self.max_outage > 0):
-            raise ValueError("max_outage: must be a positive number of seconds, or None")
+        validate_retry_options(self.backoff_initial, self.backoff_max, self.max_outage)
         if self.max_response_bytes < 1024:
             raise ValueError("max_response_bytes: must be at least 1024")
-
-
-class Backoff:
-    """Exponential backoff with "equal jitter": attempt n waits uniformly in [d/2, d],
-    d = min(maximum, initial * 2**n). Every delay lies in [initial / 2, maximum].
-
-    Half the delay is fixed so that a recovering upstream is not hit at once by
-    every POP; the random half spreads them. `rand` returns floats in [0, 1).
-    """
-
-    def __init__(self, initial: float, maximum: float, rand: Callable[[], float]) -> None:
-        self._initial = initial
-        self._maximum = maximum
-        self._rand = rand
-        self._attempt = 0
-
-    def next_delay(self) -> float:
-        # The exponent is capped so that the power cannot overflow a float.
-        ceiling = min(self._maximum, self._initial * 2.0 ** min(self._attempt, 64))
-        self._attempt += 1
-        return ceiling / 2 + self._rand() * ceiling / 2
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,16 +143,6 @@ class FeedBatch:
     records: list[FeedRecord]
     next: Position
     head: Position
-
-
-def parse_position(text: object, what: str) -> Position:
-    """`EPOCH:SEQ` as sent by the upstream. Raises PeerError."""
-    if not isinstance(text, str):
-        raise PeerError(f"{what} is not a position string")
-    try:
-        return Position.parse(text)
-    except BadRequest as exc:
-        raise PeerError(f"{what}: {exc.message}") from None
 
 
 def parse_batch(doc: object) -> FeedBatch:
@@ -208,37 +175,14 @@ def parse_batch(doc: object) -> FeedBatch:
     return FeedBatch(records, parse_position(doc.get("next"), "next"), parse_position(doc.get("head"), "head"))
 
 
-@dataclass(frozen=True, slots=True)
-class FollowerStatus:
-    """What `/_edge/health` and `/metrics` report about one follower."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FollowerStatus(FollowHealth):
+    """What `/_edge/health` and `/metrics` report about one HTTP follower."""
 
     upstream: str
-    position: str | None
-    connected: bool
-    caught_up: bool
-    # An upper bound on how long a committed change may have gone unapplied:
-    # 0 while connected and at the head; otherwise now minus the later of the
-    # last applied record's HLC wall time and the last time we were at the head.
-    lag_seconds: float | None
-    applied: int
-    resets: int
-    last_reset_reason: str | None
-    last_error: str | None
-    consecutive_failures: int
 
     def to_document(self) -> dict[str, Any]:
-        return {
-            "upstream": self.upstream,
-            "position": self.position,
-            "connected": self.connected,
-            "caught_up": self.caught_up,
-            "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
-            "applied": self.applied,
-            "resets": self.resets,
-            "last_reset_reason": self.last_reset_reason,
-            "last_error": self.last_error,
-            "consecutive_failures": self.consecutive_failures,
-        }
+        return {"upstream": self.upstream, **self._health_document()}
 
 
 class _PositionGone(Exception):
@@ -249,11 +193,7 @@ class _PositionGone(Exception):
         self.reason = reason
 
 
-class _CallbackFailed(Exception):
-    """on_change or on_reset raised; retried like an upstream failure (at-least-once)."""
-
-
-class FeedFollower:
+class FeedFollower(FollowerCore):
     """Follows one upstream's change feed over HTTP long-poll until cancelled.
 
     Args:
@@ -284,73 +224,20 @@ class FeedFollower:
         self.upstream = upstream.rstrip("/")
         self._changes_url = URL(self.upstream + "/v1/changes")
         self._snapshot_url = URL(self.upstream + "/v1/snapshot")
-        self._on_change = on_change
-        self._on_reset = on_reset
-        self._physical_time = physical_time
-        self._backoff = Backoff(self.options.backoff_initial, self.options.backoff_max, rand)
-        self._position = None if position is None else parse_position(position, "position")
-        self._pending_reset: str | None = None if position is not None else "start: following from a new snapshot"
-        self._connected = False
-        self._caught_up = False
-        self._verified_at: float | None = None  # all changes committed before this POSIX time are applied
-        self._applied = 0
-        self._resets = 0
-        self._last_reset_reason: str | None = None
-        self._last_error: str | None = None
-        self._failures = 0
-        self._outage_since: float | None = None  # monotonic
-        self._outage_reset_done = False
-        self._retry_delay: float | None = None  # the wait before the current retry; None when not retrying
+        super().__init__(
+            self.upstream,
+            None if position is None else parse_position(position, "position"),
+            on_change,
+            on_reset,
+            backoff=Backoff(self.options.backoff_initial, self.options.backoff_max, rand),
+            max_outage=self.options.max_outage,
+            pending_reset=None if position is not None else "start: following from a new snapshot",
+            physical_time=physical_time,
+        )
         self._consecutive_gone = 0
 
-    # State for health and metrics -------------------------------------------
-
-    @property
-    def position(self) -> str | None:
-        return None if self._position is None else self._position.encode()
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    @property
-    def applied(self) -> int:
-        return self._applied
-
-    @property
-    def resets(self) -> int:
-        return self._resets
-
-    @property
-    def last_error(self) -> str | None:
-        return self._last_error
-
-    @property
-    def retry_delay(self) -> float | None:
-        """Seconds waited before the current retry (it grows while failures repeat); None once recovered."""
-        return self._retry_delay
-
-    @property
-    def lag_seconds(self) -> float | None:
-        if self._connected and self._caught_up:
-            return 0.0
-        if self._verified_at is None:
-            return None
-        return max(0.0, self._physical_time() - self._verified_at)
-
     def status(self) -> FollowerStatus:
-        return FollowerStatus(
-            upstream=self.upstream,
-            position=self.position,
-            connected=self._connected,
-            caught_up=self._caught_up,
-            lag_seconds=self.lag_seconds,
-            applied=self._applied,
-            resets=self._resets,
-            last_reset_reason=self._last_reset_reason,
-            last_error=self._last_error,
-            consecutive_failures=self._failures,
-        )
+        return self._status(FollowerStatus, upstream=self.upstream)
 
     # The loop ---------------------------------------------------------------
 
@@ -377,7 +264,7 @@ class FeedFollower:
                     if self._consecutive_gone > 1:
                         # A fresh snapshot position that is gone at once: a broken upstream, not a pruned feed.
                         await asyncio.sleep(self._backoff.next_delay())
-                except (aiohttp.ClientError, TimeoutError, PeerError, _CallbackFailed) as exc:
+                except (aiohttp.ClientError, TimeoutError, PeerError, CallbackFailed) as exc:
                     await self._fail_and_wait(exc)
 
     async def _take_snapshot_position(self, session: aiohttp.ClientSession) -> None:
@@ -391,9 +278,7 @@ class FeedFollower:
             self._verified_at = self._physical_time()
             self._caught_up = True
             self._connected = True
-        if self._pending_reset is not None:
-            self._reset(self._pending_reset)
-            self._pending_reset = None
+        self._run_pending_reset()
 
     async def _poll(self, session: aiohttp.ClientSession) -> None:
         assert self._position is not None
@@ -428,18 +313,9 @@ class FeedFollower:
                 continue  # delivered again (at-least-once); applying is idempotent, skipping is too
             if record.pos.seq != since.seq + 1:
                 self._reset(f"gap in the feed: {since.encode()} then {record.pos.encode()}")
-            try:
-                self._on_change(record.item_id, record.version, record.patch)
-            except Exception as exc:
-                log.exception("feed %s: on_change(%s, %d) failed", self.upstream, record.item_id, record.version)
-                raise _CallbackFailed(f"on_change failed: {exc!r}") from exc
-            self._applied += 1
+            self._apply_change(record.item_id, record.version, record.patch)
             since = self._position = record.pos
-            if record.hlc_wall is not None:
-                # Never past our own clock: one stamp from an upstream whose clock runs ahead would otherwise
-                # hold the lag figure at 0 through any later outage.
-                stamped = min(record.hlc_wall, self._physical_time())
-                self._verified_at = max(self._verified_at or stamped, stamped)
+            self._applied_stamp(record.hlc_wall)
         if batch.next.seq < since.seq:
             raise PeerError(f"next {batch.next.encode()} is behind the last change {since.encode()}")
         if batch.next.seq > since.seq:
@@ -470,60 +346,11 @@ class FeedFollower:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    # Failures, outages, resets ----------------------------------------------
-
-    def _reset(self, reason: str) -> None:
-        self._resets += 1
-        self._last_reset_reason = reason
-        try:
-            self._on_reset(reason)
-        except Exception as exc:
-            log.exception("feed %s: on_reset failed", self.upstream)
-            # Purge again on the next attempt: a reset is never skipped.
-            self._pending_reset = reason
-            raise _CallbackFailed(f"on_reset failed: {exc!r}") from exc
-
-    def _recovered(self) -> None:
-        """A batch was applied (perhaps an empty one): the failures, the backoff and the outage are over."""
-        if self._outage_since is not None:
-            log.info("feed %s: applying again after %d failure(s)", self.upstream, self._failures)
-        self._connected = True
-        self._failures = 0
-        self._outage_since = None
-        self._outage_reset_done = False
-        self._backoff.reset()
-        self._retry_delay = None
+    # Failures -------------------------------------------------------------
 
     async def _fail_and_wait(self, exc: Exception) -> None:
-        self._last_error = f"{type(exc).__name__}: {exc}"[:500]
-        self._connected = False
-        self._caught_up = False
-        self._failures += 1
-        now = time.monotonic()
-        if self._outage_since is None:
-            self._outage_since = now
-            log.warning("feed %s: %s; backing off", self.upstream, self._last_error)
-        else:
-            log.debug("feed %s: failure %d: %s", self.upstream, self._failures, self._last_error)
-        delay = self._backoff.next_delay()
-        max_outage = self.options.max_outage
-        if max_outage is not None and not self._outage_reset_done:
-            # Wake at the outage deadline rather than up to one delay past it.
-            delay = min(delay, max(0.0, self._outage_since + max_outage - now))
-        self._retry_delay = delay
-        await asyncio.sleep(delay)
+        await asyncio.sleep(self._failed(exc))
         self._check_outage()
-
-    def _check_outage(self) -> None:
-        max_outage = self.options.max_outage
-        if max_outage is None or self._outage_since is None or self._outage_reset_done:
-            return
-        down_for = time.monotonic() - self._outage_since
-        if down_for >= max_outage:
-            self._outage_reset_done = True
-            # A failing on_reset leaves the reset pending; the loop retries it before the next poll.
-            with contextlib.suppress(_CallbackFailed):
-                self._reset(f"feed unreachable for {down_for:.1f} s (max_outage {max_outage:g} s): {self._last_error}")
 
 
 def _error_message(body: bytes) -> str | None:

@@ -10,7 +10,8 @@ No I/O, no clock: the adapter reads Redis and hands this module plain data.
 - :func:`lag_problem` reads the group's line of XINFO GROUPS and the stream's
   XINFO STREAM (:class:`GroupLag`) and says when entries the group never read
   were trimmed, so that its position can no longer be trusted;
-- :class:`StreamOptions` holds the follower's limits and timeouts, validated.
+- :class:`StreamOptions` holds the follower's limits and timeouts, validated;
+  the retry defaults and checks are the HTTP follower's (edge.followcore).
 
 The rules these functions implement, and why, are in edge.streamfollow's
 docstring, next to the loop that performs what they decide.
@@ -25,11 +26,18 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from edge.errors import PeerError
-from edge.feedfollow import parse_position
+from edge.followcore import (
+    DEFAULT_BACKOFF_INITIAL,
+    DEFAULT_BACKOFF_MAX,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_OUTAGE,
+    SECOND,
+    parse_position,
+    validate_retry_options,
+)
 from origin.changefeed import Position
 from origin.hlc import Stamp
 
-SECOND: Final = 1.0
 STREAM_PREFIX: Final = "boxoffice:changes:"
 RESET_OP: Final = "reset"
 # One XREADGROUP answer: enough to catch up quickly after a blip, small enough
@@ -40,12 +48,6 @@ MAX_BATCH: Final = 10_000
 DEFAULT_BLOCK: Final = 5 * SECOND
 # Socket time beyond BLOCK for Redis to answer and the answer to arrive.
 DEFAULT_SOCKET_MARGIN: Final = 2 * SECOND
-DEFAULT_CONNECT_TIMEOUT: Final = 2 * SECOND
-DEFAULT_BACKOFF_INITIAL: Final = 0.1 * SECOND
-DEFAULT_BACKOFF_MAX: Final = 5 * SECOND
-# Same reasoning as the HTTP follower: past 30 s a blind POP's entries are
-# older than the origin lets any cache serve without revalidating.
-DEFAULT_MAX_OUTAGE: Final = 30 * SECOND
 # XINFO GROUPS is cheap but not free; once a second keeps the figure current.
 DEFAULT_LAG_INTERVAL: Final = 1 * SECOND
 # A predecessor consumer idle this long is a dead process, not a slow one.
@@ -87,10 +89,7 @@ class StreamOptions:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name}: must be a positive finite number of seconds")
-        if self.backoff_max < self.backoff_initial:
-            raise ValueError("backoff_max: must be at least backoff_initial")
-        if self.max_outage is not None and not (math.isfinite(self.max_outage) and self.max_outage > 0):
-            raise ValueError("max_outage: must be a positive number of seconds, or None")
+        validate_retry_options(self.backoff_initial, self.backoff_max, self.max_outage)
 
 
 # One entry in, one verdict out ----------------------------------------------------------------------

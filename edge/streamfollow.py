@@ -40,13 +40,15 @@ When the POP purges (the rules, in the order they are checked):
 Delivery is at-least-once: entries are acknowledged only after the callbacks
 ran; after any failure the follower first re-reads its own pending entries
 (id ``0``), then new ones (``>``). Redis errors and failing callbacks back off
-exponentially with jitter (:class:`edge.feedfollow.Backoff`); the backoff
+exponentially with jitter (:class:`ops.backoff.Backoff`); the backoff
 starts over only once a batch was applied. Every wait is bounded: the BLOCK
 time plus a socket margin.
 
 This module is the adapter: the decisions about one entry (:func:`judge`) and
 about the group's lag (:func:`lag_problem`), the entry format and the options
-are the pure core in edge.streamentry.
+are the pure core in edge.streamentry; the callbacks, resets, failures,
+backoff, outages and lag figure are shared with the HTTP follower in
+edge.followcore (:class:`FollowerCore`).
 
 Consumer names carry the process id, so a restarted POP is a new consumer;
 the pending entries of predecessors idle for ``stale_consumer_idle`` are
@@ -74,7 +76,7 @@ import redis.asyncio as redis_asyncio
 from redis.exceptions import RedisError, ResponseError
 
 from edge.errors import PeerError
-from edge.feedfollow import Backoff, OnChange, OnReset
+from edge.followcore import CallbackFailed, FollowerCore, FollowHealth, OnChange, OnReset
 from edge.streamentry import (
     GroupLag,
     StreamOptions,
@@ -85,7 +87,7 @@ from edge.streamentry import (
     parse_stream_id,
     stream_key,
 )
-from origin.changefeed import Position
+from ops.backoff import Backoff
 
 # The pure core moved to edge.streamentry; its public names are still importable from here.
 __all__ = [
@@ -104,24 +106,15 @@ __all__ = [
 log = logging.getLogger("boxoffice.edge.feed")
 
 
-@dataclass(frozen=True, slots=True)
-class StreamStatus:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamStatus(FollowHealth):
     """What `/_edge/health` and `/metrics` report about the stream follower."""
 
     stream: str
     group: str
     consumer: str
-    position: str | None
-    connected: bool
-    caught_up: bool
     lag_entries: int | None
     entries_read: int | None
-    lag_seconds: float | None
-    applied: int
-    resets: int
-    last_reset_reason: str | None
-    last_error: str | None
-    consecutive_failures: int
 
     def to_document(self) -> dict[str, Any]:
         return {
@@ -129,29 +122,17 @@ class StreamStatus:
             "stream": self.stream,
             "group": self.group,
             "consumer": self.consumer,
-            "position": self.position,
-            "connected": self.connected,
-            "caught_up": self.caught_up,
             "lag_entries": self.lag_entries,
             "entries_read": self.entries_read,
-            "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
-            "applied": self.applied,
-            "resets": self.resets,
-            "last_reset_reason": self.last_reset_reason,
-            "last_error": self.last_error,
-            "consecutive_failures": self.consecutive_failures,
+            **self._health_document(),
         }
-
-
-class _CallbackFailed(Exception):
-    """on_change or on_reset raised; retried like a Redis failure (at-least-once)."""
 
 
 class _GroupGone(Exception):
     """NOGROUP: the stream or our group vanished."""
 
 
-class StreamFollower:
+class StreamFollower(FollowerCore):
     """Follows one Redis stream through the POP's consumer group until cancelled.
 
     Args:
@@ -188,87 +169,35 @@ class StreamFollower:
         self.stream = stream_key(source)
         self.group = group_name(pop_id)
         self.consumer = consumer or f"{pop_id}:{os.getpid()}"
-        self._on_change = on_change
-        self._on_reset = on_reset
-        self._physical_time = physical_time
-        self._backoff = Backoff(self.options.backoff_initial, self.options.backoff_max, rand)
-        self._last: Position | None = None
+        super().__init__(
+            self.stream,
+            None,
+            on_change,
+            on_reset,
+            backoff=Backoff(self.options.backoff_initial, self.options.backoff_max, rand),
+            max_outage=self.options.max_outage,
+            pending_reset="start: joined the consumer group" if self.options.start_reset else None,
+            physical_time=physical_time,
+        )
         self._joined = False
         self._read_pending = True  # re-read our own unacknowledged entries before new ones
-        self._pending_reset: str | None = "start: joined the consumer group" if self.options.start_reset else None
-        self._connected = False
-        self._caught_up = False
         self._lag: GroupLag | None = None
         self._lag_checked_at: float | None = None  # monotonic
-        self._verified_at: float | None = None  # every change published before this POSIX time is applied
-        self._applied = 0
-        self._resets = 0
-        self._last_reset_reason: str | None = None
-        self._last_error: str | None = None
-        self._failures = 0
-        self._outage_since: float | None = None  # monotonic
-        self._outage_reset_done = False
-        self._retry_delay: float | None = None  # the wait before the current retry; None when not retrying
 
     # State for health and metrics -------------------------------------------
-
-    @property
-    def position(self) -> str | None:
-        return None if self._last is None else self._last.encode()
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    @property
-    def applied(self) -> int:
-        return self._applied
-
-    @property
-    def resets(self) -> int:
-        return self._resets
-
-    @property
-    def last_reset_reason(self) -> str | None:
-        return self._last_reset_reason
-
-    @property
-    def last_error(self) -> str | None:
-        return self._last_error
-
-    @property
-    def retry_delay(self) -> float | None:
-        """Seconds waited before the current retry (it grows while failures repeat); None once recovered."""
-        return self._retry_delay
 
     @property
     def lag_entries(self) -> int | None:
         return None if self._lag is None else self._lag.lag
 
-    @property
-    def lag_seconds(self) -> float | None:
-        if self._connected and self._caught_up:
-            return 0.0
-        if self._verified_at is None:
-            return None
-        return max(0.0, self._physical_time() - self._verified_at)
-
     def status(self) -> StreamStatus:
-        return StreamStatus(
+        return self._status(
+            StreamStatus,
             stream=self.stream,
             group=self.group,
             consumer=self.consumer,
-            position=self.position,
-            connected=self._connected,
-            caught_up=self._caught_up,
             lag_entries=self.lag_entries,
             entries_read=None if self._lag is None else self._lag.entries_read,
-            lag_seconds=self.lag_seconds,
-            applied=self._applied,
-            resets=self._resets,
-            last_reset_reason=self._last_reset_reason,
-            last_error=self._last_error,
-            consecutive_failures=self._failures,
         )
 
     # The loop ---------------------------------------------------------------
@@ -291,14 +220,12 @@ class StreamFollower:
                 try:
                     if not self._joined:
                         await self._join(client)
-                    if self._pending_reset is not None:
-                        self._reset(self._pending_reset)
-                        self._pending_reset = None
+                    self._run_pending_reset()
                     await self._check_lag(client)
                     await self._read(client)
                 except _GroupGone:
                     await self._restart_from_head(client, "the stream or the consumer group vanished (NOGROUP)")
-                except (RedisError, OSError, TimeoutError, _CallbackFailed) as exc:
+                except (RedisError, OSError, TimeoutError, CallbackFailed) as exc:
                     await self._fail_and_wait(exc)
         finally:
             await client.aclose()
@@ -339,13 +266,13 @@ class StreamFollower:
             self._pending_reset = reason
             await self._fail_and_wait(exc)
             return
-        self._last = None
+        self._position = None
         self._lag = None
         self._read_pending = False
         self._connected = True
         try:
             self._reset(reason)
-        except _CallbackFailed as exc:
+        except CallbackFailed as exc:
             await self._fail_and_wait(exc)
 
     async def _check_lag(self, client: redis_asyncio.Redis) -> None:
@@ -430,27 +357,18 @@ class StreamFollower:
                 except PeerError as exc:
                     # We cannot tell what this entry changed: purge rather than guess.
                     self._reset(f"unusable entry: {exc.message}")
-                    self._last = None
+                    self._position = None
                     done.append(entry_id)
                     continue
-                verdict = judge(self._last, entry)
+                verdict = judge(self._position, entry)
                 if verdict.reset is not None:
                     self._reset(verdict.reset)
                 if verdict.apply:
-                    try:
-                        self._on_change(entry.item_id, entry.version, entry.patch)
-                    except Exception as exc:
-                        log.exception("feed %s: on_change(%s, %d) failed", self.stream, entry.item_id, entry.version)
-                        raise _CallbackFailed(f"on_change failed: {exc!r}") from exc
-                    self._applied += 1
+                    self._apply_change(entry.item_id, entry.version, entry.patch)
                 # Only once applied: an entry whose callback failed is read again and must not look like a duplicate.
                 if entry.is_reset or verdict.apply:
-                    self._last = entry.pos
-                    if entry.hlc_wall is not None:
-                        # Never past our own clock: one stamp from a publisher whose clock runs ahead would
-                        # otherwise hold the lag figure at 0 through any later outage.
-                        stamped = min(entry.hlc_wall, self._physical_time())
-                        self._verified_at = max(self._verified_at or stamped, stamped)
+                    self._position = entry.pos
+                    self._applied_stamp(entry.hlc_wall)
                 done.append(entry_id)
         finally:
             if done:
@@ -458,59 +376,14 @@ class StreamFollower:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
                     await client.xack(self.stream, self.group, *done)
 
-    # Failures, outages, resets ----------------------------------------------
+    # Failures -------------------------------------------------------------
 
-    def _reset(self, reason: str) -> None:
-        self._resets += 1
-        self._last_reset_reason = reason
-        try:
-            self._on_reset(reason)
-        except Exception as exc:
-            log.exception("feed %s: on_reset failed", self.stream)
-            self._pending_reset = reason  # purge again on the next attempt: a reset is never skipped
-            raise _CallbackFailed(f"on_reset failed: {exc!r}") from exc
-
-    def _recovered(self) -> None:
-        """A batch was applied (or there was none to apply): the failures, the backoff and the outage are over."""
-        if self._outage_since is not None:
-            log.info("feed %s: applying again after %d failure(s)", self.stream, self._failures)
-        self._connected = True
-        self._failures = 0
-        self._outage_since = None
-        self._outage_reset_done = False
-        self._backoff.reset()
-        self._retry_delay = None
-
-    async def _fail_and_wait(self, exc: BaseException) -> None:
-        self._last_error = f"{type(exc).__name__}: {exc}"[:500]
-        self._connected = False
-        self._caught_up = False
+    async def _fail_and_wait(self, exc: Exception) -> None:
+        # After any failure: our own unacknowledged entries first, and a fresh look at the group's lag.
         self._read_pending = True
         self._lag_checked_at = None
-        self._failures += 1
-        now = time.monotonic()
-        if self._outage_since is None:
-            self._outage_since = now
-            log.warning("feed %s: %s; backing off", self.stream, self._last_error)
-        else:
-            log.debug("feed %s: failure %d: %s", self.stream, self._failures, self._last_error)
-        delay = self._backoff.next_delay()
-        max_outage = self.options.max_outage
-        if max_outage is not None and not self._outage_reset_done:
-            delay = min(delay, max(0.0, self._outage_since + max_outage - now))
-        self._retry_delay = delay
-        await asyncio.sleep(delay)
+        await asyncio.sleep(self._failed(exc))
         self._check_outage()
-
-    def _check_outage(self) -> None:
-        max_outage = self.options.max_outage
-        if max_outage is None or self._outage_since is None or self._outage_reset_done:
-            return
-        down_for = time.monotonic() - self._outage_since
-        if down_for >= max_outage:
-            self._outage_reset_done = True
-            with contextlib.suppress(_CallbackFailed):
-                self._reset(f"feed unreachable for {down_for:.1f} s (max_outage {max_outage:g} s): {self._last_error}")
 
 
 def _raise_if_cancelled() -> None:

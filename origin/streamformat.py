@@ -16,13 +16,13 @@ The stream of a source is ``boxoffice:changes:{source}``; its checkpoint is
 ``boxoffice:changes:{source}:checkpoint``. :func:`plan_batch` turns one
 ``/v1/changes`` answer into the entries to append (dropping records published
 already, putting a reset marker where a sequence number is missing) and the
-checkpoint that goes with them; :class:`Backoff` spaces retries.
+checkpoint that goes with them. Retries are spaced by :class:`ops.backoff.Backoff`,
+shared with the POP's followers.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -157,19 +157,3 @@ def plan_batch(since: Position, answer: ChangesAnswer) -> BatchPlan:
         gaps += 1
         position = answer.next
     return BatchPlan(entries, position, records, gaps)
-
-
-class Backoff:
-    """Exponential backoff with equal jitter: attempt n waits in [d/2, d], d = min(max, initial * 2**n)."""
-
-    def __init__(self, initial: float, maximum: float, rand: Callable[[], float]) -> None:
-        self._initial, self._maximum, self._rand = initial, maximum, rand
-        self._attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self._maximum, self._initial * 2.0 ** min(self._attempt, 64))
-        self._attempt += 1
-        return ceiling / 2 + self._rand() * ceiling / 2
-
-    def reset(self) -> None:
-        self._attempt = 0

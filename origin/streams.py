@@ -5,8 +5,9 @@ like any feed consumer and appends every record to the Redis Stream
 ``boxoffice:changes:{source}`` (``XADD key MAXLEN ~ N * …``). Each POP reads
 that stream through its own consumer group, so one upstream follower serves
 any number of POPs. The entry format, shared with the POP's consumer, and the
-pure decisions (which entries a feed answer becomes, backoff) live in
-:mod:`origin.streamformat`; this module is the adapter that performs them.
+pure decisions (which entries a feed answer becomes) live in
+:mod:`origin.streamformat`, the retry spacing in :mod:`ops.backoff`; this
+module is the adapter that performs them.
 
 The checkpoint (the last ``pos`` published) is the string key
 ``boxoffice:changes:{source}:checkpoint``. It is written in the same
@@ -55,6 +56,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError, WatchError
 from yarl import URL
 
+from ops.backoff import Backoff
 from ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ops.metrics import Registry
 from ops.runtime import configure_logging, run, until_signalled
@@ -65,7 +67,6 @@ from origin.streamformat import (
     DEFAULT_MAXLEN,
     MAX_BATCH_LIMIT,
     OP_RESET,
-    Backoff,
     ChangesAnswer,
     UpstreamFeedError,
     check_source,
@@ -83,7 +84,6 @@ __all__ = [
     "MAX_BATCH_LIMIT",
     "MAX_RESPONSE_BYTES",
     "OP_RESET",
-    "Backoff",
     "ChangesAnswer",
     "PublisherMetrics",
     "PublisherSettings",

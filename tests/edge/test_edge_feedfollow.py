@@ -24,7 +24,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from edge.errors import PeerError
-from edge.feedfollow import Backoff, FeedFollower, FollowOptions, parse_batch
+from edge.feedfollow import FeedFollower, FollowOptions, parse_batch
+from ops.backoff import Backoff
 from ops.settings import Seconds
 from origin.hlc import HybridClock
 from origin.http import Origin, create_app

@@ -29,6 +29,7 @@ import redis.asyncio as redis_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from ops.backoff import Backoff
 from ops.settings import Seconds, SettingsError, load
 from origin.changefeed import Position
 from origin.hlc import HybridClock
@@ -39,7 +40,6 @@ from origin.store.base import Store
 from origin.store.sqlite import SQLiteStore
 from origin.streams import (
     OP_RESET,
-    Backoff,
     ChangesAnswer,
     PublisherSettings,
     StreamPublisher,
