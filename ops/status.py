@@ -106,7 +106,7 @@ def describe(kind: str, status: int, document: Any) -> str:
         return f"HTTP {status}"
     if kind == "pop":
         ratio = document.get("hit_ratio")
-        shown = "-" if ratio is None else f"{ratio:.2f}"
+        shown = _number(ratio, "{:.2f}")
         text = f"hit ratio {shown}, {document.get('requests', 0)} requests, load {document.get('load', 0)}/s"
         if document.get("status") != "ok":
             text += f", status {document.get('status')}"
@@ -115,7 +115,7 @@ def describe(kind: str, status: int, document: Any) -> str:
         raw_lag = document.get("lag")
         lag: dict[str, Any] = raw_lag if isinstance(raw_lag, dict) else {}
         seconds = lag.get("seconds")
-        shown = "-" if seconds is None else f"{seconds:.1f} s"
+        shown = _number(seconds, "{:.1f} s")
         events = document.get("events")
         count = len(events) if isinstance(events, list) else "?"
         text = f"lag {shown} ({lag.get('records', '?')} records), {count} events"
@@ -140,6 +140,19 @@ def describe(kind: str, status: int, document: Any) -> str:
             return f"{document['healthy_pops']}/{document['pops']} POPs healthy"
         return str(document.get("status", f"HTTP {status}"))
     return str(document.get("status", f"HTTP {status}"))
+
+
+def _number(value: Any, form: str) -> str:
+    """`value` in `form` when it is a number; "-" when absent, "?" when the service sent something else.
+
+    Health documents come from the network (or from whatever now listens on a port the state file
+    names): a wrong type shows as "?", it never ends `status` with a traceback.
+    """
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "?"
+    return form.format(value)
 
 
 def render_table(rows: Sequence[Row]) -> str:

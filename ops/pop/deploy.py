@@ -106,9 +106,16 @@ class Deployment:
         # The token goes by environment, not argv: argv is world-readable in ps.
         environment = {**os.environ, "BOXOFFICE_EDGE_PURGE_TOKEN": plan.purge_token}
         log_path = Path(self.record.log)
-        pid = spawn_edge(command, environment, log_path)
+        try:
+            pid = spawn_edge(command, environment, log_path)
+        except OSError as exc:
+            raise PopError(f"cannot start {command[0]} (log {log_path}): {exc}") from None
         self.record = PopRecord(**{**asdict(self.record), "pid": pid})
-        write_record(plan.run_dir, self.record)  # before waiting: a killed deploy still leaves a findable POP
+        try:
+            write_record(plan.run_dir, self.record)  # before waiting: a killed deploy still leaves a findable POP
+        except OSError as exc:  # the POP runs and nothing would say where: stop it (this step is not done)
+            self.stop()
+            raise PopError(f"cannot write {state_path(plan.run_dir, plan.name)}: {exc}") from None
 
         def answering() -> str | None:
             if not process_alive(pid):
@@ -124,6 +131,9 @@ class Deployment:
         except PopError as exc:
             self.stop()
             raise PopError(f"{exc}; log {log_path}:\n{log_tail(log_path)}") from None
+        except KeyboardInterrupt:  # this step is not done, so rollback would not stop what it started
+            self.stop()
+            raise
         return f"pid {pid}, log {log_path}"
 
     def attach(self) -> str:
@@ -178,7 +188,15 @@ class Deployment:
             raise PopError(f"GeoDNS already has a POP {plan.name}: retire it first, or pick another --name")
         document = {"addresses": [plan.address], "lat": plan.lat, "lon": plan.lon, "capacity": plan.capacity,
                     "weight": plan.weight, "health_url": self.record.health_url}  # fmt: skip
-        reply = http("PUT", url, body=document, token=plan.token)
+        try:
+            reply = http("PUT", url, body=document, token=plan.token)
+        except (PopError, KeyboardInterrupt):
+            # The PUT may have been applied with its answer lost (timeout, Ctrl-C): this step is not done,
+            # so rollback would not deregister. The GET above found no POP of this name: the one there
+            # now, if any, is ours to delete.
+            with contextlib.suppress(PopError):
+                self.deregister()
+            raise
         if reply.status not in (200, 201):
             raise PopError(f"GeoDNS refused the registration ({reply.status}): {reply.error_message()}")
         return f"PUT {url} → {reply.status}"

@@ -51,6 +51,20 @@ class PopRecord:
         return f"{self.url}/_edge/health"
 
 
+# What each PopRecord field must hold (JSON has no other way to say it).
+_RECORD_TYPES: Final[dict[str, type | tuple[type, ...]]] = {
+    "name": str,
+    "region": str,
+    "address": str,
+    "port": int,
+    "pid": (int, type(None)),
+    "geodns_admin": str,
+    "purge_token": str,
+    "log": str,
+    "started_at": (int, float),
+}
+
+
 def state_path(run_dir: Path, name: str) -> Path:
     return run_dir / name / STATE_FILE
 
@@ -59,11 +73,20 @@ def read_record(run_dir: Path, name: str) -> PopRecord | None:
     path = state_path(run_dir, name)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-        return PopRecord(**document)
+        record = PopRecord(**document)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError) as exc:
         raise PopError(f"cannot read {path}: {exc}") from None
+    # Its pid is signalled and its address dialled: a field of another type is an error here, not a
+    # TypeError (or a signal to a bool's pid 1) later.
+    for field_name, kinds in _RECORD_TYPES.items():
+        value = getattr(record, field_name)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise PopError(f"cannot read {path}: {field_name} is {value!r}")
+    if record.pid is not None and record.pid <= 0:
+        raise PopError(f"cannot read {path}: pid is {record.pid}")
+    return record
 
 
 def write_record(run_dir: Path, record: PopRecord) -> None:
@@ -120,7 +143,14 @@ def spawn_edge(command: Sequence[str], environment: dict[str, str], log_path: Pa
 
 
 def stop_process(pid: int, name: str, grace: float) -> str:
-    """SIGTERM, wait up to `grace` seconds, then SIGKILL. Returns how it ended."""
+    """SIGTERM, wait up to `grace` seconds, then SIGKILL. Returns how it ended.
+
+    SIGTERM goes to the POP's main process, which stops its ``--workers`` itself;
+    SIGKILL, and a last sweep once it has exited, go to its whole process group
+    (`spawn_edge` made it a session leader): a worker stuck past the main
+    process's own wait for it, or one a SIGKILLed main process could not stop,
+    would otherwise stay behind holding the port.
+    """
     if not process_alive(pid):
         return f"pid {pid} had already exited"
     if not is_edge_process(pid, name):
@@ -128,18 +158,28 @@ def stop_process(pid: int, name: str, grace: float) -> str:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not process_alive(pid):
-            return f"pid {pid} exited after SIGTERM"
-        time.sleep(POLL_INTERVAL)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    try:
+        while time.monotonic() < deadline:
+            if not process_alive(pid):
+                _kill_group(pid)
+                return f"pid {pid} exited after SIGTERM"
+            time.sleep(POLL_INTERVAL)
+    except KeyboardInterrupt:  # a Ctrl-C while we wait out the grace escalates; it never leaves the POP behind
+        _kill_group(pid)
+        raise
+    _kill_group(pid)
     deadline = time.monotonic() + START_TIMEOUT
     while process_alive(pid):
         if time.monotonic() >= deadline:
             raise PopError(f"pid {pid} survived SIGKILL for {START_TIMEOUT:g} s")
         time.sleep(POLL_INTERVAL)
     return f"pid {pid} did not exit within {grace:g} s of SIGTERM: killed"
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of the group `spawn_edge` started (nothing, usually)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def log_tail(path: Path) -> str:

@@ -65,7 +65,7 @@ class Retirement:
         record = self.plan.record
         deadline = time.monotonic() + self.plan.drain_timeout
         try:
-            last = int(edge_health(record).get("requests", 0))
+            last = _request_count(edge_health(record))
         except PopError as exc:
             return f"nothing to drain: {exc}"
         quiet_since = time.monotonic()
@@ -73,9 +73,9 @@ class Retirement:
             time.sleep(POLL_INTERVAL)
             now = time.monotonic()
             try:
-                count = int(edge_health(record).get("requests", 0))
+                count = _request_count(edge_health(record))
             except PopError as exc:
-                return f"the POP stopped answering: {exc}"
+                return f"stopped following the drain: {exc}"
             if count - last > 1:  # more than our own probe arrived
                 quiet_since = now
             last = count
@@ -92,3 +92,11 @@ class Retirement:
         with contextlib.suppress(FileNotFoundError):
             state_path(self.plan.run_dir, record.name).unlink()
         return result
+
+
+def _request_count(health: dict[str, object]) -> int:
+    """The `requests` counter of a POP's health document. Raises PopError when it is not a count."""
+    count = health.get("requests", 0)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise PopError(f"its health document's requests is {count!r}, not a count: cannot tell when it drained")
+    return count

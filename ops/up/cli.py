@@ -13,7 +13,8 @@ is done, the predictor starts (last: it pushes warm lists to the POPs; it
 replays its workload's log up to now before it answers), `up` picks the
 first of the workload's demo users the predictor has hints for, prints what
 to try and supervises until SIGINT or SIGTERM, then stops the stages in
-reverse order.
+reverse order (a second SIGINT or SIGTERM SIGKILLs them without waiting out
+``stop_grace``).
 The state file (:mod:`ops.up.state`) follows every change, for `boxoffice
 status`.
 """
@@ -140,15 +141,15 @@ async def _up(settings: UpSettings, prog: str) -> int:
         say("  predictor: off (--no-predictor)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        async with aiohttp.ClientSession() as session:
-            stack = _Stack(settings, plan, session, stack_secrets, with_predictor and settings.predictor_models is None)
-            return await stack.run(stop)
-    finally:
+    async with aiohttp.ClientSession() as session:
+        stack = _Stack(settings, plan, session, stack_secrets, with_predictor and settings.predictor_models is None)
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+            loop.add_signal_handler(sig, stack.on_signal, stop)
+        try:
+            return await stack.run(stop)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
 
 
 class _Stack:
@@ -179,6 +180,15 @@ class _Stack:
             on_change=self.write_state, say=say,
         )  # fmt: skip
         self.watchers: list[asyncio.Task[None]] = []
+
+    def on_signal(self, stop: asyncio.Event) -> None:
+        """SIGINT or SIGTERM: the first stops the stack in order; a second one (or one while `up` already
+        stops after a failed start) SIGKILLs what still runs."""
+        first = not stop.is_set() and not self.supervisor.stopping
+        stop.set()
+        if not first and not self.supervisor.hurried:
+            say("boxoffice up: second signal: killing the services still running")
+            self.supervisor.hurry()
 
     async def run(self, stop: asyncio.Event) -> int:
         try:
@@ -373,7 +383,8 @@ class _Stack:
                 body = await response.text()
                 if response.status not in (200, 201):
                     raise _PublishError(f"the origin refused the shard map ({response.status}): {body[:500]}")
-                version = json.loads(body).get("version")
+                answer = json.loads(body)
+                version = answer.get("version") if isinstance(answer, dict) else None
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise _PublishError(f"cannot publish the shard map to {url}: {exc}") from exc
         counts = ", ".join(f"{region} {len(events)}" for region, events in events_by_region.items())
@@ -384,7 +395,7 @@ class _Stack:
         after = ""
         while True:
             url = f"{self.plan.origin_url}/v1/events?region={region}&limit={EVENT_PAGE}" + (
-                f"&after={after}" if after else ""
+                f"&after={quote(after, safe='')}" if after else ""
             )
             try:
                 async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT)) as response:
@@ -393,8 +404,17 @@ class _Stack:
                     page = await response.json()
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 raise _PublishError(f"cannot list the events of {region}: {exc}") from exc
-            events += [event["id"] for event in page["events"]]
-            after = page.get("next_after") or ""
+            previous = after
+            try:  # the origin's answer is data from the network: a wrong shape is a clear error, not a crash
+                events += [event["id"] for event in page["events"]]
+                after = page.get("next_after") or ""
+            except (KeyError, TypeError, AttributeError) as exc:
+                raise _PublishError(f"GET {url} answered a listing not of the API's shape ({exc!r}): {page!r:.200}") \
+                    from None  # fmt: skip
+            if not isinstance(after, str) or not all(isinstance(event, str) for event in events):
+                raise _PublishError(f"GET {url} answered event ids or a next_after that are not strings")
+            if after and after == previous:  # the same page again: following it would never end
+                raise _PublishError(f"GET {url} answered its own cursor {after!r} as the next page")
             if not after:
                 return events
 

@@ -4,12 +4,18 @@ Each child runs in a session (and so a process group) of its own: a Ctrl-C
 typed at the terminal reaches only `up`, which then stops the children in
 reverse start order (POPs before the shards they read from, the origin last),
 each with SIGTERM to its whole group (an edge with ``--workers`` has worker
-processes), a grace period, then SIGKILL. On Linux every child also asks the
-kernel for SIGTERM when `up` dies (``PR_SET_PDEATHSIG``), so even a
-``kill -9`` of `up` leaves no orphan behind; the group of a child that exited
-is signalled once more on stop, for workers it left behind.
+processes), a grace period, then SIGKILL; :meth:`Supervisor.hurry` (a second
+Ctrl-C) cuts every grace period short, now and for the stages still to stop.
+On Linux every child also asks the kernel for SIGTERM when `up` dies
+(``PR_SET_PDEATHSIG``), so even a ``kill -9`` of `up` leaves no orphan behind.
+The group of a child that exited is SIGKILLed at once, for workers it left
+behind (they would hold its port and serve beside its restart). At once, not
+later: a process group's id stays reserved only while the group has members,
+so once empty, its number may name an unrelated group (a shell job) by the
+time `up` stops.
 
-A child that exits while `up` is not stopping is restarted after a backoff
+A child that exits while `up` is not stopping (or, restarted, is not healthy
+within ``start_timeout``: it is then stopped) is restarted after a backoff
 (:class:`RestartPolicy`: 0.5 s doubling to 10 s), at most ``max_restarts``
 times within ``window``; past that it is left down and reported as failed
 (`boxoffice status` shows it, and exits non-zero).
@@ -72,7 +78,7 @@ class Child:
     process: asyncio.subprocess.Process | None = None
     state: str = "starting"  # starting, running, restarting, failed, stopping, stopped
     restarts: list[float] = field(default_factory=list)  # monotonic times of restarts
-    pids: list[int] = field(default_factory=list)  # every pid it ran as (process groups to clean up)
+    pids: list[int] = field(default_factory=list)  # every pid it ran as (for the state file)
 
     @property
     def pid(self) -> int | None:
@@ -108,6 +114,8 @@ class Supervisor:
         self._prctl = _linux_prctl()
         self.children: list[Child] = []
         self.stopping = False
+        self._hurry = asyncio.Event()  # set by a second Ctrl-C: SIGKILL without waiting out stop_grace
+        self._swept: set[int] = set()  # process groups already swept (each only once, at its exit)
 
     # Starting ----------------------------------------------------------------------
     async def start(self, spec: ServiceSpec) -> Child:
@@ -186,6 +194,7 @@ class Supervisor:
             if process is None:
                 return
             code = await process.wait()
+            self._sweep(process)
             if self.stopping:
                 return
             now = time.monotonic()
@@ -206,13 +215,26 @@ class Supervisor:
             child.restarts.append(time.monotonic())
             try:
                 await self._spawn(child)
+                if self.stopping:  # stop_all ran while the new process was forked: it saw only the old one
+                    await self.stop(child)
+                    return
                 seconds = await self.wait_healthy(child)
             except StartError as exc:
                 self._say(f"  restart failed: {exc}")
+                if not child.exited() and not self.stopping:  # running but never healthy: counts as a crash
+                    await self.stop(child)
                 continue  # the loop sees the exit (or the next one) and backs off further
             self._say(f"  {child.spec.name} is back (pid {child.pid}, {seconds:.1f} s)")
 
     # Stopping ----------------------------------------------------------------------
+    def hurry(self) -> None:
+        """Stop waiting for children to honour SIGTERM: SIGKILL the ones being stopped and the rest."""
+        self._hurry.set()
+
+    @property
+    def hurried(self) -> bool:
+        return self._hurry.is_set()
+
     async def stop_all(self, stages: Sequence[Sequence[str]]) -> None:
         """Stop every child, stage by stage in reverse start order (names per stage), each stage in parallel."""
         self.stopping = True
@@ -225,22 +247,43 @@ class Supervisor:
         await asyncio.gather(*(self.stop(child) for child in self.children if child.spec.name not in named))
 
     async def stop(self, child: Child) -> None:
-        """SIGTERM the child's process group, wait `stop_grace`, then SIGKILL; also sweep earlier groups."""
+        """SIGTERM the child's process group, wait `stop_grace`, then SIGKILL; then sweep the group."""
         child.state = "stopping"
         process = child.process
         if process is not None and process.returncode is None:
             _signal_group(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), self._stop_grace)
-            except TimeoutError:
-                self._say(f"  {child.spec.name} ignored SIGTERM for {self._stop_grace:g} s: SIGKILL")
+            if not await self._exited_within_grace(process):
+                if self._hurry.is_set():
+                    self._say(f"  {child.spec.name}: SIGKILL (second signal)")
+                else:
+                    self._say(f"  {child.spec.name} ignored SIGTERM for {self._stop_grace:g} s: SIGKILL")
                 _signal_group(process.pid, signal.SIGKILL)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(process.wait(), KILL_WAIT)
-        for pid in child.pids:  # leftovers of this or an earlier run (a crashed edge's workers)
-            _signal_group(pid, signal.SIGKILL)
+        if process is not None:
+            self._sweep(process)
         child.state = "stopped"
         self._on_change()
+
+    async def _exited_within_grace(self, process: asyncio.subprocess.Process) -> bool:
+        """Wait for `process` to exit, at most stop_grace and not past a `hurry`; True when it exited."""
+        exited = asyncio.ensure_future(process.wait())
+        hurried = asyncio.ensure_future(self._hurry.wait())
+        try:
+            await asyncio.wait({exited, hurried}, timeout=self._stop_grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            hurried.cancel()
+        return process.returncode is not None
+
+    def _sweep(self, process: asyncio.subprocess.Process) -> None:
+        """SIGKILL what is left in the group of `process` (which has exited), once: right after its exit.
+
+        Once: a later sweep of the same number could hit another group (see the module docstring).
+        """
+        if process.pid not in self._swept:
+            self._swept.add(process.pid)
+            _signal_group(process.pid, signal.SIGKILL)
 
     def log_tail(self, child: Child) -> str:
         try:

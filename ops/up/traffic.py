@@ -18,6 +18,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import quote
 
 import aiohttp
 
@@ -36,7 +37,7 @@ REPORT_EVERY: Final = 10.0  # seconds between progress lines
 @dataclass(slots=True)
 class TrafficCounts:
     requests: int = 0
-    errors: int = 0  # 5xx or no answer
+    errors: int = 0  # 5xx, no answer, or a 2xx answer not of the API's shape
     sold_out: int = 0  # 409 on a hold: expected under load, not an error
     holds: int = 0
     orders: int = 0
@@ -84,12 +85,12 @@ class Traffic:
                 return
             weights = [1.0 / (rank + 1) ** ZIPF_EXPONENT for rank in range(len(events))]
             event_id = self._rng.choices(events, weights)[0]
-            page = await self._call("GET", f"{pop.url}/v1/events/{event_id}")
-            items = [item["id"] for item in (page or {}).get("items", []) if isinstance(item, dict)]
+            page = await self._call("GET", f"{pop.url}/v1/events/{quote(event_id, safe='')}")
+            items = self._ids(page, "items")
             if not items or self._rng.random() < EVENT_PAGE_SHARE:
                 return
             item_id = self._rng.choice(items)
-            await self._call("GET", f"{pop.url}/v1/items/{item_id}")
+            await self._call("GET", f"{pop.url}/v1/items/{quote(item_id, safe='')}")
             if self._rng.random() < HOLD_SHARE:
                 await self._buy(pop, item_id)
         finally:
@@ -99,8 +100,11 @@ class Traffic:
         user = f"synthetic-{self._rng.randrange(1_000_000)}"
         hold = await self._call("POST", f"{pop.url}/v1/holds", {"item_id": item_id, "qty": 1, "user_id": user,
                                                                  "ttl_seconds": 60})  # fmt: skip
-        hold_id = (hold or {}).get("hold", {}).get("id")  # 201: {"hold": {...}, "item": {...}}
+        record = None if hold is None else hold.get("hold")  # 201: {"hold": {...}, "item": {...}}
+        hold_id = record.get("id") if isinstance(record, dict) else None
         if not isinstance(hold_id, str):
+            if hold is not None:  # a 2xx that is not a hold: the POP broke the contract
+                self.counts.errors += 1
             return
         self.counts.holds += 1
         if self._rng.random() < ORDER_SHARE:
@@ -111,11 +115,27 @@ class Traffic:
     async def _region_events(self, pop: ServiceSpec) -> list[str]:
         if pop.region not in self._events:
             listing = await self._call("GET", f"{pop.url}/v1/events?region={pop.region}&limit={EVENTS_PER_REGION}")
-            events = [event["id"] for event in (listing or {}).get("events", []) if isinstance(event, dict)]
+            events = self._ids(listing, "events")
             if events:
                 self._events[pop.region] = events
             return events
         return self._events[pop.region]
+
+    def _ids(self, document: dict[str, Any] | None, key: str) -> list[str]:
+        """The string `id`s of the objects listed under `key` of a POP's answer (None: no answer, no ids).
+
+        A POP's answer is data from the network: one of another shape counts as an error, never raises
+        (an exception here would end the traffic task, and with it `up`'s task group).
+        """
+        entries = [] if document is None else document.get(key, [])
+        if not isinstance(entries, list):
+            self.counts.errors += 1
+            return []
+        ids = [entry.get("id") for entry in entries if isinstance(entry, dict)]
+        valid = [identifier for identifier in ids if isinstance(identifier, str)]
+        if len(valid) != len(entries):
+            self.counts.errors += 1
+        return valid
 
     async def _call(self, method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """One request; returns the JSON object on 2xx, None otherwise (counted)."""
