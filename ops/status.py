@@ -135,6 +135,11 @@ def describe(kind: str, status: int, document: Any) -> str:
         if document.get("status") != "ok":
             text += f", status {document.get('status')}"
         return text
+    if kind == "publisher":
+        groups = document.get("groups")
+        count = len(groups) if isinstance(groups, dict) else "?"
+        text = f"stream {document.get('stream', '?')} at {document.get('checkpoint') or '-'}, {count} groups"
+        return text if document.get("caught_up") is True else text + ", catching up"
     if kind == "geodns":
         if isinstance(document.get("pops"), int) and isinstance(document.get("healthy_pops"), int):
             return f"{document['healthy_pops']}/{document['pops']} POPs healthy"

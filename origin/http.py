@@ -4,8 +4,9 @@ Handlers parse and bound their input, call the store or ledger, and render
 JSON. With the shard role (origin.shard) the same routes serve the shard's
 copy: reads answer 503 + Retry-After until it is bootstrapped and within its
 lag bound. Holds on items the shard holds a lease or allotment of are taken
-locally and become orders through fenced sale reports (origin.shardsales);
-every other hold and order is forwarded to the upstream. The primary serves
+locally (a retry with the same Idempotency-Key replays the first answer) and
+become orders through fenced sale reports (origin.shardsales); every other
+hold and order is forwarded to the upstream. The primary serves
 the lease API (origin.leasing) and sweeps lapsed allotments back.
 
 On shutdown every open ``/v1/changes`` long-poll is woken and answers what
@@ -256,14 +257,28 @@ async def post_order(request: web.Request) -> web.StreamResponse:
 
 
 async def _shard_hold(origin: Origin, shard: Shard, request: web.Request) -> web.StreamResponse:
-    """A hold on a shard: local within a lease or allotment, else forwarded to the owner."""
+    """A hold on a shard: local within a lease or allotment, else forwarded to the owner.
+
+    An Idempotency-Key is checked here whenever this shard sells (even before
+    its first grant), so a key first forwarded keeps going to the owner and a
+    retried local hold replays its first answer (origin.shardsales).
+    """
     raw = await request.read()
-    if origin.sales is not None and origin.sales.escrows:
+    sales = origin.sales
+    key = check_idempotency_key(request.headers.get("Idempotency-Key"))
+    if sales is not None and (sales.escrows or key is not None):
         hold_request = parse_hold_request(await _json_body(request), origin.ledger.limits)
-        body = origin.sales.place_hold(hold_request)
-        if body is not None:
-            origin.metrics.holds.inc("local")
+        try:
+            answer = sales.hold_with_key(hold_request, key)
+        except OriginError as exc:
+            origin.metrics.holds.inc(exc.code)
+            raise
+        if answer is not None:
+            body, replayed = answer
+            origin.metrics.holds.inc("replayed" if replayed else "local")
             headers = {"Cache-Control": NO_STORE, "Location": f"/v1/holds/{body['hold']['id']}"}
+            if replayed:
+                headers["Idempotent-Replayed"] = "true"
             return _json(body, status=201, headers=headers)
     return await forward_write(shard, request, raw)
 

@@ -4,7 +4,8 @@ The shard manager decides placement (``origin.placement``) and PUTs the result
 here; POPs route by its ``events`` table and each shard reads the events it
 mirrors from ``shards[its id].events``. The document::
 
-    {"version": 7,                                  # +1 on every change, never reused
+    {"version": 7,                                  # +1 on every change, never reused within an epoch
+     "epoch": "3f9c0a1b7d2e4c65",                   # drawn when a new map file is created
      "generated_at": "2026-11-01T12:00:00Z",        # when this version was stored
      "origin": {"url": "http://127.0.0.1:8100"},
      "shards": {"eu-west-1": {"region": "eu-west", "url": "http://127.0.0.1:8110",
@@ -18,12 +19,21 @@ an event's entry, and an event missing from the table, route to the origin.
 With no stored map every request routes to the origin (version 0, no shards).
 
 The manager sends ``shards``, ``events`` and optionally ``origin``; the service
-owns ``version`` and ``generated_at``. A PUT equal to the stored map changes
-nothing (same version, same ETag), so the manager can publish every round.
+owns ``epoch``, ``version`` and ``generated_at``. A PUT equal to the stored map
+changes nothing (same version, same ETag), so the manager can publish every
+round.
 The map lives in one JSON file written atomically (temporary file, fsync,
 rename), so a restarted origin serves the last map it acknowledged.
 
-    GET /v1/shardmap    ETag "shardmap-v{version}", If-None-Match → 304, short max-age
+**Epochs.** Versions count within one file. If the file is lost (a new disk,
+a wiped data directory) the next map is version 1 again, and a POP holding
+the ETag of the lost history's version 1 would be told 304 for a different
+map. So each history has a random ``epoch``, drawn when there is no file to
+read and stored with every version; the ETag names it. A file written before
+epochs existed is given one when it is loaded, and written back with it, so
+the ETag stays the same across restarts.
+
+    GET /v1/shardmap    ETag "shardmap-{epoch}-v{version}", If-None-Match → 304, short max-age
     PUT /v1/shardmap    Authorization: Bearer <token>; optional If-Match → 412 on a lost race
 """
 
@@ -35,6 +45,8 @@ import hmac
 import json
 import logging
 import os
+import re
+import secrets
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -64,6 +76,10 @@ MAX_URL_LENGTH: Final = 2_048
 # POPs poll the map; a short max-age keeps failover within a few seconds while
 # If-None-Match keeps the polls cheap.
 DEFAULT_MAX_AGE: Final = 2.0
+# 64 random bits: two lost-and-rebuilt histories of one service never share an epoch.
+EPOCH_BYTES: Final = 8
+# What a stored epoch may look like: ours are hex; anything that is safe inside a quoted ETag.
+_EPOCH: Final = re.compile(r"[0-9A-Za-z_-]{1,64}")
 JSON_TYPE: Final = "application/json"
 
 
@@ -96,11 +112,22 @@ class StoredMap:
         version: int = self.document["version"]
         return version
 
+    @property
+    def epoch(self) -> str:
+        epoch: str = self.document["epoch"]
+        return epoch
 
-def empty_document(origin_url: str) -> dict[str, Any]:
-    """The map before any placement: version 0, every event routes to the origin."""
+
+def new_epoch() -> str:
+    """A fresh history's epoch (random hex)."""
+    return secrets.token_hex(EPOCH_BYTES)
+
+
+def empty_document(origin_url: str, epoch: str) -> dict[str, Any]:
+    """The map before any placement: version 0 of a new epoch, every event routes to the origin."""
     return {
         "version": 0,
+        "epoch": epoch,
         "generated_at": _rfc3339(datetime.fromtimestamp(0, UTC)),
         "origin": {"url": origin_url},
         "shards": {},
@@ -117,7 +144,8 @@ def validate_placement(doc: Any) -> tuple[dict[str, Any], dict[str, Any], str | 
     """
     if not isinstance(doc, dict):
         raise InvalidShardMap("the body must be a JSON object with shards and events")
-    unknown = sorted(set(doc) - {"shards", "events", "origin", "version", "generated_at"})
+    # The service's own fields are ignored, so a manager may send back a document it read.
+    unknown = sorted(set(doc) - {"shards", "events", "origin", "version", "epoch", "generated_at"})
     if unknown:
         raise InvalidShardMap(f"unknown field {unknown[0]!r}: send shards, events and optionally origin")
     origin_url: str | None = None
@@ -243,10 +271,17 @@ class ShardMapService:
         self._clock = clock
         self.cache_control = f"public, max-age={int(max_age)}"
         self._lock = asyncio.Lock()
-        self.current = _stored(empty_document(origin_url))
+        # No file read yet: a new history. Its epoch is stored with the first map PUT.
+        self.current = _stored(empty_document(origin_url, new_epoch()))
 
     def load(self) -> StoredMap:
-        """Read the stored map, if any (call before serving). Raises StoredDataError if it is corrupt."""
+        """Read the stored map, if any (call before serving). Raises StoredDataError if it is corrupt.
+
+        A file without an epoch (written before epochs existed) is given one
+        and written back, so its ETag does not change at every restart; if
+        that write fails, the map is served with the new epoch all the same
+        and the next PUT stores it.
+        """
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -262,6 +297,9 @@ class ShardMapService:
                 raise InvalidShardMap("version must be an integer ≥ 0")
             if not isinstance(generated_at, str):
                 raise InvalidShardMap("generated_at must be a string")
+            epoch = doc.get("epoch")
+            if epoch is not None and (not isinstance(epoch, str) or not _EPOCH.fullmatch(epoch)):
+                raise InvalidShardMap(f"epoch must be 1 to 64 letters, digits, '-' or '_', got {epoch!r}")
         except (ValueError, KeyError, TypeError) as exc:  # InvalidShardMap is not a ValueError
             raise StoredDataError(f"{self.path} is not a shard map: {exc}") from exc
         except InvalidShardMap as exc:
@@ -269,12 +307,20 @@ class ShardMapService:
         self.current = _stored(
             {
                 "version": version,
+                "epoch": epoch or new_epoch(),
                 "generated_at": generated_at,
                 "origin": {"url": origin_url or self.current.document["origin"]["url"]},
                 "shards": shards,
                 "events": events,
             }
         )
+        if epoch is None:
+            try:
+                write_atomically(self.path, self.current.body)
+            except OSError as exc:
+                log.warning("could not store the new epoch of %s (the next PUT will): %s", self.path, exc)
+            else:
+                log.info("gave the shard map file %s the epoch %s", self.path, self.current.epoch)
         return self.current
 
     def authorized(self, header: str | None) -> bool:
@@ -313,6 +359,7 @@ class ShardMapService:
             candidate = _stored(
                 {
                     "version": current.version + 1,
+                    "epoch": current.epoch,
                     "generated_at": _rfc3339(datetime.fromtimestamp(self._clock(), UTC)),
                     "origin": origin,
                     "shards": shards,
@@ -399,7 +446,7 @@ def _error(exc: ClientError) -> web.Response:
 
 def _stored(document: dict[str, Any]) -> StoredMap:
     body = json.dumps(document, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode()
-    return StoredMap(document, body, f'"shardmap-v{document["version"]}"')
+    return StoredMap(document, body, f'"shardmap-{document["epoch"]}-v{document["version"]}"')
 
 
 def _rfc3339(moment: datetime) -> str:

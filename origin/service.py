@@ -4,6 +4,11 @@ With ``role = "shard"`` the same process serves a regional shard: its own store
 (own epoch, own change feed) filled and kept current by origin.shard from the
 ``upstream`` URL, and local holds within the leases origin.shardsales asks for.
 The primary serves the lease API (origin.leasing).
+
+A clean stop (SIGINT, SIGTERM) drains in-flight requests, then a shard gives
+its grants back (``ShardSales.return_all``) within what is left of
+``shutdown_timeout``, so the origin can sell that stock at once; a crash
+leaves it frozen until the lease expires plus the clock-skew margin.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -33,6 +38,10 @@ from origin.store.base import Store
 from origin.store.factory import store_from_url
 
 log = logging.getLogger("boxoffice.origin")
+
+# A shard whose request drain used up shutdown_timeout still gets this long
+# to return its grants: about one round trip to the origin with its retry.
+MIN_SHUTDOWN_RETURN: Final = 1.0
 
 
 def open_store(settings: OriginSettings) -> Store:
@@ -150,9 +159,21 @@ async def _serve_app(settings: OriginSettings, store: Store, origin: Origin) -> 
                 print(f"       curl {base}/v1/events/{sample[0].id}")
         print("  stop with Ctrl-C", flush=True)
         await until_signalled()
+        deadline = time.monotonic() + settings.shutdown_timeout
         log.info("shutting down: draining requests for up to %.0f s", settings.shutdown_timeout)
     finally:
-        await runner.cleanup()
+        await runner.cleanup()  # stops the lease loop too (cleanup_ctx), so nothing is granted anew
+    if origin.sales is not None:
+        await return_grants(origin.sales, deadline - time.monotonic())
+
+
+async def return_grants(sales: ShardSales, budget: float) -> None:
+    """Give a stopping shard's grants back within `budget` seconds (at least MIN_SHUTDOWN_RETURN)."""
+    try:
+        async with asyncio.timeout(max(budget, MIN_SHUTDOWN_RETURN)):
+            await sales.return_all()
+    except TimeoutError:
+        log.warning("shutdown timeout: grants not yet returned stay frozen at the origin until they expire")
 
 
 def _url_host(host: str) -> str:

@@ -6,6 +6,14 @@ The decisions are :mod:`origin.escrow`'s; this adapter performs them:
   is SELLING and has the units (or seats), is answered here with a local hold
   (``escrow.take_hold``): no request reaches the origin. Anything else
   (``NotOwner``) is forwarded upstream unchanged (``origin.shard.forward_write``).
+* An ``Idempotency-Key`` on a hold follows the primary's rules
+  (origin.ledger): a retry of the same request replays the first answer
+  (same hold, ``Idempotent-Replayed: true``), the same key with another
+  request is 422. The keys live in this process only, bounded in number
+  (``MAX_REMEMBERED_HOLD_KEYS``) and age (``idempotency_retention``): a
+  restart forgets them, as it forgets the local holds they name. A key first
+  forwarded to the owner is remembered as the owner's, so its retries are
+  forwarded too (the owner replays them) even once this shard holds stock.
 * ``POST /v1/orders`` for a local hold sends a **sale report** to the origin
   (``POST /v1/leases/{item}/sales``), retried with the same report id when
   the answer is lost, and answers 201 only once the origin accepted it. A
@@ -17,6 +25,10 @@ The decisions are :mod:`origin.escrow`'s; this adapter performs them:
   asks the origin what this shard still holds (``GET /v1/leases``), returns
   each allotment whole — fencing every report of the past life — and the loop
   then asks for fresh grants.
+* A **clean shutdown** (SIGTERM, after the loop stopped and requests drained)
+  ends every local hold and returns each allotment whole
+  (:meth:`ShardSales.return_all`, bounded by the shutdown timeout), so the
+  origin sells that stock at once instead of after expiry plus margin.
 * The loop (:meth:`ShardSales.run`, every ``lease_tick``) expires holds,
   returns what ``return_request`` says (everything when CLOSING), renews
   before expiry, refills GA allotments below the low watermark, and asks for
@@ -35,6 +47,8 @@ writing it), so the loop and the request handlers never lose each other's update
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import json
 import logging
 import secrets
@@ -49,7 +63,7 @@ import aiohttp
 from aiohttp import web
 
 from origin import escrow as core
-from origin.errors import BadRequest, HoldExpired, InsufficientStock, NotFound, OriginError
+from origin.errors import BadRequest, HoldExpired, IdempotencyKeyReused, InsufficientStock, NotFound, OriginError
 from origin.escrow import Escrow, EscrowPolicy, LocalPhase, NotOwner, ReturnRequest, SaleReport, Verdict
 from origin.lease import Allotment, LeaseHeld, LeaseLapsed, LeaseRefused, StaleEpoch
 from origin.ledger import MAX_ID_LENGTH, HoldRequest, LedgerLimits
@@ -71,6 +85,12 @@ MAX_REMEMBERED_ORDERS: Final = 10_000
 # Sale reports sent and not answered yet, kept so a retried order resends its
 # report after the lease closed; bounded like the orders, oldest forgotten first.
 MAX_UNANSWERED_REPORTS: Final = 10_000
+# Idempotency-Keys of holds, remembered so a retried hold replays its answer.
+# A local hold lives at most max_hold_ttl (30 min); 20,000 keys of ~1 KiB
+# answers (~20 MiB) cover ~11 keyed holds a second over that time. Past the
+# bound the oldest key is forgotten first (its retry makes a second hold,
+# which only undersells until it expires).
+MAX_REMEMBERED_HOLD_KEYS: Final = 20_000
 # Backoff between failed restarts (the origin is down when a shard starts).
 RESTART_BACKOFF_CAP: Final = 10.0
 RESTART_MAX_DOUBLINGS: Final = 32
@@ -82,6 +102,15 @@ _REFUSALS: Final[Mapping[str, type[OriginError]]] = {
     LeaseHeld.code: LeaseHeld,
     InsufficientStock.code: InsufficientStock,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedHold:
+    """What a hold's Idempotency-Key was first used for."""
+
+    fingerprint: str  # of the request, as origin.ledger computes it: same key, other request → 422
+    stored_at: float  # wall-clock seconds, for idempotency_retention
+    body: dict[str, Any] | None  # the local hold's answer; None: the owner took it (forwarded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +190,9 @@ class ShardSales:
     # buyer's retry resends it even after the lease (and the hold) ended.
     _unanswered: dict[str, tuple[SaleReport, HoldInfo]] = field(default_factory=dict)
     _events: dict[str, str] = field(default_factory=dict)  # item → event id, from grants
+    hold_keys_kept: int = MAX_REMEMBERED_HOLD_KEYS
+    # Idempotency-Key → its first use, oldest first (insertion order is time order).
+    _hold_keys: dict[str, KeyedHold] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.shard_id = self.settings.shard_id or self.settings.region
@@ -198,6 +230,39 @@ class ShardSales:
         info = HoldInfo(request.item_id, self._events.get(request.item_id, ""), request.user_id, now)
         self._holds[hold_id] = info
         return {"hold": self._hold_document(hold_id, info), "shard_id": self.shard_id}
+
+    def hold_with_key(self, request: HoldRequest, key: str | None) -> tuple[dict[str, Any], bool] | None:
+        """(201 body, replayed) of a local hold, or None when the owner must take it (forward the request).
+
+        With an Idempotency-Key, as on the primary: a retry of the same request
+        replays the first answer; a key first forwarded stays the owner's (None
+        again, and the owner replays). A refusal is not remembered, so the key
+        stays usable. Raises IdempotencyKeyReused (422) for the same key with
+        another request, and what :meth:`place_hold` raises.
+        """
+        if key is None:
+            body = self.place_hold(request)
+            return None if body is None else (body, False)
+        self._forget_old_keys()
+        fingerprint = _fingerprint(request)
+        known = self._hold_keys.get(key)
+        if known is not None:
+            if known.fingerprint != fingerprint:
+                raise IdempotencyKeyReused("this Idempotency-Key was used with a different request")
+            return None if known.body is None else (known.body, True)
+        body = self.place_hold(request)  # no await from the lookup to here: a concurrent duplicate finds it
+        self._hold_keys[key] = KeyedHold(fingerprint, self.wall_clock(), body)
+        while len(self._hold_keys) > self.hold_keys_kept:
+            del self._hold_keys[next(iter(self._hold_keys))]
+        return None if body is None else (body, False)
+
+    def _forget_old_keys(self) -> None:
+        oldest_kept = self.wall_clock() - self.settings.idempotency_retention
+        while self._hold_keys:
+            first = next(iter(self._hold_keys))
+            if self._hold_keys[first].stored_at >= oldest_kept:
+                return
+            del self._hold_keys[first]
 
     def hold_document(self, hold_id: str) -> dict[str, Any] | None:
         """A live local hold's document, or None when this shard does not hold it."""
@@ -346,6 +411,38 @@ class ShardSales:
                 await self._return(returned)
         self.restarted = True
 
+    async def return_all(self) -> int:
+        """On a clean shutdown: end every local hold and give each allotment back whole; returns how many went back.
+
+        Call it after the lease loop stopped and requests drained, under the
+        caller's deadline (``asyncio.timeout``). Local holds are volatile (a
+        restart would lose them), so they end here; the units leave the
+        escrows before the returns are sent, as every return does, so a lost
+        answer or a deadline only leaves the stock frozen until the lease
+        lapses. A sale report still unanswered is fenced by the return (its
+        epoch ends). The returns go out together, each call bounded by
+        ``upstream_timeout``.
+        """
+        returns: list[ReturnRequest] = []
+        for item_id, current in sorted(self.escrows.items()):
+            if current.expires_at is not None:
+                self.escrows[item_id] = Escrow(item_id, self.shard_id, current.exclusive, epoch=current.epoch)
+                returns.append(ReturnRequest(item_id, self.shard_id, current.epoch, None))
+        self._holds.clear()
+        self.wanted.clear()
+        if not returns:
+            return 0
+        done = await asyncio.gather(*(self._return_on_shutdown(request) for request in returns))
+        log.info("returned %d of %d grant(s) at shutdown", sum(done), len(returns))
+        return sum(done)
+
+    async def _return_on_shutdown(self, request: ReturnRequest) -> bool:
+        try:
+            return await self._return(request)
+        except OriginError as exc:
+            log.warning("return of %s at shutdown failed: %s", request.item_id, exc.message)
+            return False
+
     async def tend(self) -> None:
         """One pass of the loop over every item we hold or want; a failure only skips that item."""
         for item_id in sorted(set(self.escrows) | set(self.wanted)):
@@ -471,8 +568,11 @@ class ShardSales:
         else:
             self._on_refusal(item_id, epoch, doc)
 
-    async def _return(self, request: ReturnRequest) -> None:
-        """Send a return; its units already left the escrow, so a lost answer only undersells."""
+    async def _return(self, request: ReturnRequest) -> bool:
+        """Send a return; True when the origin took it.
+
+        Its units already left the escrow, so a lost answer only undersells.
+        """
         body: dict[str, Any] = {"shard_id": request.shard, "epoch": request.epoch}
         if request.units is not None:
             body["units"] = request.units
@@ -480,6 +580,7 @@ class ShardSales:
         status, doc = await self._call_twice("POST", self._path(request.item_id, "return"), body, key)
         if status != 200:
             log.info("return of %s (epoch %d) refused: %s", request.item_id, request.epoch, _message(doc))
+        return status == 200
 
     def _on_refusal(self, item_id: str, epoch: int, doc: dict[str, Any]) -> None:
         """A stale epoch means the allotment is gone: hold nothing (the loop asks anew)."""
@@ -520,6 +621,12 @@ def _parse_lease(doc: Any) -> tuple[Allotment, str, tuple[str, ...]]:
         return allotment, str(doc["kind"]), seats
     except (KeyError, TypeError, ValueError) as exc:
         raise UpstreamError(f"the origin sent a bad lease document: {exc}") from exc
+
+
+def _fingerprint(request: HoldRequest) -> str:
+    """A digest of the hold request, computed as origin.ledger does for its Idempotency-Keys."""
+    canonical = json.dumps(dataclasses.asdict(request), sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _error_code(doc: Mapping[str, Any]) -> str:

@@ -170,6 +170,7 @@ class _Stack:
         self.predictor_up = False
         self.demo_user = ""
         self.demo_user_hinted = False
+        self.sample_event: dict[str, str] = {}  # region → its first event, for the printed curl lines
         self.data_dir = settings.data_dir.resolve()
         self.state = "starting"
         self.started_at = time.time()
@@ -210,7 +211,7 @@ class _Stack:
                 self.write_state()
                 lines = try_lines(
                     self.plan, predictor_up=self.predictor_up, demo_user=self.demo_user,
-                    demo_user_hinted=self.demo_user_hinted,
+                    demo_user_hinted=self.demo_user_hinted, sample_event=self.sample_event,
                 )  # fmt: skip
                 for line in lines:
                     say(line)
@@ -374,6 +375,7 @@ class _Stack:
     async def publish_shard_map(self) -> None:
         """PUT the map routing each region's events to its shard (what `origin manager` would publish)."""
         events_by_region = {region: await self.region_events(region) for region in self.settings.regions}
+        self.sample_event = {region: events[0] for region, events in events_by_region.items() if events}
         document = shard_map_document(self.plan, events_by_region)
         url = f"{self.plan.origin_url}/v1/shardmap"
         headers = {"Authorization": f"Bearer {self.secrets.shardmap_token}", "Content-Type": "application/json"}

@@ -317,7 +317,12 @@ def shard_map_document(plan: StackPlan, events_by_region: Mapping[str, Sequence[
 
 
 def try_lines(
-    plan: StackPlan, *, predictor_up: bool = False, demo_user: str = "", demo_user_hinted: bool = False
+    plan: StackPlan,
+    *,
+    predictor_up: bool = False,
+    demo_user: str = "",
+    demo_user_hinted: bool = False,
+    sample_event: Mapping[str, str] | None = None,
 ) -> list[str]:
     """What `up` prints once everything is healthy: dig per region, curl through a POP, the demo page.
 
@@ -332,9 +337,12 @@ def try_lines(
             f"   # a client in {REGION_BY_ID[pop.region].name} -> {pop.address}"
         )
     first = pops[0]
+    event = (sample_event or {}).get(first.region, "")
+    # the demo catalog numbers an event's items itm-NNNNNN-01, -02, … (origin/catalog.py)
+    item = f"itm-{event[4:]}-01" if event.startswith("evt-") else "ITEM_ID"
     lines += [
         f"  curl -i {first.url}/v1/events?region={first.region}",
-        f"  curl -i {first.url}/v1/items/ITEM_ID      # twice: X-Cache MISS, then HIT",
+        f"  curl -i {first.url}/v1/items/{item}      # twice: X-Cache MISS, then HIT (served by its shard)",
         f"  curl {first.url}/_edge/health",
         f"  demo page: {first.url}/"
         + (f"   # log in as {demo_user} and consent" if demo_user and predictor_up else "")

@@ -88,10 +88,10 @@ async def test_put_then_get_with_etag_and_304(tmp_path: Path, aiohttp_client: Ma
     assert shard == {"region": "eu-west", "url": "http://127.0.0.1:8110", "events": ["evt-1", "evt-2"], "healthy": True}
     assert doc["events"]["evt-1"] == {"eu-central": ["eu-west-1", "origin"], "eu-west": ["eu-west-1", "origin"]}
     etag = response.headers["ETag"]
-    assert etag == '"shardmap-v1"'
+    assert etag == f'"shardmap-{doc["epoch"]}-v1"'
     not_modified = await client.get("/v1/shardmap", headers={"If-None-Match": etag})
     assert not_modified.status == 304 and not_modified.headers["ETag"] == etag
-    assert (await client.get("/v1/shardmap", headers={"If-None-Match": '"shardmap-v0"'})).status == 200
+    assert (await client.get("/v1/shardmap", headers={"If-None-Match": f'"shardmap-{doc["epoch"]}-v0"'})).status == 200
 
     # The same map again changes nothing; a different one is the next version.
     clock.now += 60
@@ -159,9 +159,10 @@ async def test_non_json_and_oversized_bodies_are_refused(tmp_path: Path, aiohttp
 
 async def test_if_match_guards_against_a_lost_update(tmp_path: Path, aiohttp_client: MakeClient) -> None:
     client = await client_for(service_at(tmp_path / "shardmap.json"), aiohttp_client)
-    first = await client.put("/v1/shardmap", json=placement_doc(), headers={**AUTH, "If-Match": '"shardmap-v0"'})
+    v0 = (await client.get("/v1/shardmap")).headers["ETag"]
+    first = await client.put("/v1/shardmap", json=placement_doc(), headers={**AUTH, "If-Match": v0})
     assert first.status == 200
-    stale = await client.put("/v1/shardmap", json=placement_doc(False), headers={**AUTH, "If-Match": '"shardmap-v0"'})
+    stale = await client.put("/v1/shardmap", json=placement_doc(False), headers={**AUTH, "If-Match": v0})
     assert await error_code(stale, 412) == "precondition_failed"
 
 
