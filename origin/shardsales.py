@@ -63,16 +63,16 @@ import aiohttp
 from aiohttp import web
 
 from origin import escrow as core
-from origin.errors import BadRequest, HoldExpired, IdempotencyKeyReused, InsufficientStock, NotFound, OriginError
+from origin.errors import BadRequest, HoldExpired, IdempotencyKeyReused, NotFound, OriginError
 from origin.escrow import Escrow, EscrowPolicy, LocalPhase, NotOwner, ReturnRequest, SaleReport, Verdict
-from origin.lease import Allotment, LeaseHeld, LeaseLapsed, LeaseRefused, StaleEpoch
+from origin.lease import LeaseHeld, LeaseRefused, StaleEpoch
+from origin.leaseclient import JSON_TYPE, REFUSALS, LeaseClient, error_code, error_message, parse_lease
 from origin.ledger import MAX_ID_LENGTH, HoldRequest, LedgerLimits
 from origin.metadata import Unauthorized
-from origin.model import GENERAL_ADMISSION, HOLD_ACTIVE, format_time, parse_time
+from origin.model import GENERAL_ADMISSION, HOLD_ACTIVE, format_time
 from origin.settings import OriginSettings
-from origin.shard import MAX_UPSTREAM_BODY, UpstreamError
+from origin.shard import UpstreamError
 from origin.store.base import Store
-from origin.upstream import read_capped
 
 log = logging.getLogger("boxoffice.shardsales")
 
@@ -94,14 +94,6 @@ MAX_REMEMBERED_HOLD_KEYS: Final = 20_000
 # Backoff between failed restarts (the origin is down when a shard starts).
 RESTART_BACKOFF_CAP: Final = 10.0
 RESTART_MAX_DOUBLINGS: Final = 32
-JSON_TYPE: Final = "application/json"
-
-_REFUSALS: Final[Mapping[str, type[OriginError]]] = {
-    StaleEpoch.code: StaleEpoch,
-    LeaseLapsed.code: LeaseLapsed,
-    LeaseHeld.code: LeaseHeld,
-    InsufficientStock.code: InsufficientStock,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,45 +123,6 @@ def escrow_policy(settings: OriginSettings) -> EscrowPolicy:
         refill_units=settings.lease_refill_units,
         high_watermark=settings.lease_high_watermark,
     )
-
-
-class LeaseClient:
-    """The origin's lease API, each call with a finite timeout and the shard token."""
-
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str, timeout: float) -> None:
-        self._session = session
-        self._base = base_url.rstrip("/")
-        self._token = token
-        self._timeout = timeout
-
-    async def call(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None, key: str | None = None
-    ) -> tuple[int, dict[str, Any]]:
-        """(status, JSON object) of one request. Raises UpstreamError when unreachable, 5xx or not JSON."""
-        url = self._base + path
-        headers = {"Authorization": f"Bearer {self._token}", "Content-Type": JSON_TYPE}
-        if key is not None:
-            headers["Idempotency-Key"] = key
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        try:
-            async with self._session.request(
-                method, url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=self._timeout)
-            ) as resp:
-                raw = await read_capped(resp.content, MAX_UPSTREAM_BODY)
-                status, encoding = resp.status, resp.headers.get("Content-Encoding", "")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
-        if len(raw) > MAX_UPSTREAM_BODY or encoding not in ("", "identity"):
-            raise UpstreamError(f"{method} {url}: an answer we do not read ({len(raw)} bytes, {encoding!r})")
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            raise UpstreamError(f"{method} {url}: status {status}, body is not JSON: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise UpstreamError(f"{method} {url}: status {status}, body is not an object")
-        if status >= 500:
-            raise UpstreamError(f"{method} {url}: status {status}: {_message(doc)}")
-        return status, doc
 
 
 @dataclass
@@ -319,7 +272,7 @@ class ShardSales:
             self._remember_unanswered(hold_id, report, info)
         status, doc = await self._send_report(report, info)
         self._unanswered.pop(hold_id, None)
-        code = "accepted" if status == 201 else _error_code(doc)
+        code = "accepted" if status == 201 else error_code(doc)
         verdict = Verdict(report.sale_id, report.epoch, status == 201, code)
         latest = self.escrows.get(info.item_id)
         if latest is not None:
@@ -331,8 +284,8 @@ class ShardSales:
                 raise UpstreamError(f"the origin accepted sale {hold_id} without an order document")
             self._remember(hold_id, order)
             return {"order": order}, False
-        refusal = _REFUSALS.get(code, LeaseRefused)
-        raise refusal(f"the origin refused the sale of hold {hold_id}: {_message(doc)}")
+        refusal = REFUSALS.get(code, LeaseRefused)
+        raise refusal(f"the origin refused the sale of hold {hold_id}: {error_message(doc)}")
 
     async def _send_report(self, report: SaleReport, info: HoldInfo) -> tuple[int, dict[str, Any]]:
         body = {
@@ -355,7 +308,7 @@ class ShardSales:
                 continue
             if status in (201, 409):
                 return status, doc
-            raise UpstreamError(f"the origin answered {status} to sale report {report.sale_id}: {_message(doc)}")
+            raise UpstreamError(f"the origin answered {status} to sale report {report.sale_id}: {error_message(doc)}")
         raise UpstreamError(
             f"sale report {report.sale_id} got no verdict after {REPORT_ATTEMPTS} tries ({failure}); "
             "the order's outcome is unknown: retry it"
@@ -399,9 +352,9 @@ class ShardSales:
         """Learn our epochs from the origin and return every allotment of a past life whole."""
         status, doc = await self.client.call("GET", f"/v1/leases?shard_id={quote(self.shard_id, safe='')}")
         if status != 200 or not isinstance(doc.get("leases"), list):
-            raise UpstreamError(f"GET /v1/leases answered {status}: {_message(doc)}")
+            raise UpstreamError(f"GET /v1/leases answered {status}: {error_message(doc)}")
         for lease_doc in doc["leases"]:
-            allotment, kind, _ = _parse_lease(lease_doc)
+            allotment, kind, _ = parse_lease(lease_doc)
             item_id = str(lease_doc["item_id"])
             fresh, returned = core.restart(
                 item_id, self.shard_id, exclusive=kind != GENERAL_ADMISSION, held_at_origin=allotment
@@ -514,13 +467,13 @@ class ShardSales:
             body["units"] = self.wanted.get(item_id) or self.settings.lease_units
         key = f"grant-{secrets.token_hex(8)}"
         status, doc = await self._call_twice("POST", "/v1/leases", body, key)
-        if status == 409 and _error_code(doc) == LeaseHeld.code:
+        if status == 409 and error_code(doc) == LeaseHeld.code:
             await self._recover(item_id)
             return
         if status != 201:
-            log.info("no grant of %s: %s", item_id, _message(doc))
+            log.info("no grant of %s: %s", item_id, error_message(doc))
             return
-        allotment, _, seats = _parse_lease(doc.get("lease"))
+        allotment, _, seats = parse_lease(doc.get("lease"))
         base = self.escrows.get(item_id) or core.new_escrow(item_id, self.shard_id, exclusive=exclusive)
         try:
             self.escrows[item_id] = core.on_grant(base, allotment, seats)
@@ -538,7 +491,7 @@ class ShardSales:
         leases = doc.get("leases") if status == 200 else None
         for lease_doc in leases if isinstance(leases, list) else []:
             if isinstance(lease_doc, dict) and lease_doc.get("item_id") == item_id:
-                allotment, kind, _ = _parse_lease(lease_doc)
+                allotment, kind, _ = parse_lease(lease_doc)
                 fresh, returned = core.restart(
                     item_id, self.shard_id, exclusive=kind != GENERAL_ADMISSION, held_at_origin=allotment
                 )
@@ -553,7 +506,7 @@ class ShardSales:
             "POST", self._path(item_id, "renew"), {"shard_id": self.shard_id, "epoch": epoch}
         )
         if status == 200:
-            allotment, _, _ = _parse_lease(doc.get("lease"))
+            allotment, _, _ = parse_lease(doc.get("lease"))
             self.escrows[item_id] = core.on_renewed(self.escrows[item_id], allotment.epoch, allotment.expires_at)
         else:
             self._on_refusal(item_id, epoch, doc)
@@ -579,16 +532,16 @@ class ShardSales:
         key = f"return-{secrets.token_hex(8)}"
         status, doc = await self._call_twice("POST", self._path(request.item_id, "return"), body, key)
         if status != 200:
-            log.info("return of %s (epoch %d) refused: %s", request.item_id, request.epoch, _message(doc))
+            log.info("return of %s (epoch %d) refused: %s", request.item_id, request.epoch, error_message(doc))
         return status == 200
 
     def _on_refusal(self, item_id: str, epoch: int, doc: dict[str, Any]) -> None:
         """A stale epoch means the allotment is gone: hold nothing (the loop asks anew)."""
         current = self.escrows.get(item_id)
-        if _error_code(doc) == StaleEpoch.code and current is not None and current.epoch == epoch:
+        if error_code(doc) == StaleEpoch.code and current is not None and current.epoch == epoch:
             self.escrows[item_id] = Escrow(item_id, self.shard_id, current.exclusive, epoch=current.epoch)
             self._forget_ended_holds()
-        log.info("lease of %s (epoch %d): %s", item_id, epoch, _message(doc))
+        log.info("lease of %s (epoch %d): %s", item_id, epoch, error_message(doc))
 
     async def _call_twice(
         self, method: str, path: str, body: Mapping[str, Any], key: str
@@ -609,36 +562,10 @@ class ShardSales:
                 del self._holds[hold_id]
 
 
-def _parse_lease(doc: Any) -> tuple[Allotment, str, tuple[str, ...]]:
-    """(allotment, item kind, seats) of a lease document. Raises UpstreamError."""
-    try:
-        if not isinstance(doc, dict):
-            raise TypeError("not an object")
-        allotment = Allotment(
-            str(doc["shard_id"]), int(doc["epoch"]), int(doc["units"]), parse_time(str(doc["expires_at"]))
-        )
-        seats = tuple(str(seat) for seat in doc["seats"])
-        return allotment, str(doc["kind"]), seats
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UpstreamError(f"the origin sent a bad lease document: {exc}") from exc
-
-
 def _fingerprint(request: HoldRequest) -> str:
     """A digest of the hold request, computed as origin.ledger does for its Idempotency-Keys."""
     canonical = json.dumps(dataclasses.asdict(request), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _error_code(doc: Mapping[str, Any]) -> str:
-    error = doc.get("error")
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) else "unknown"
-
-
-def _message(doc: Mapping[str, Any]) -> str:
-    error = doc.get("error")
-    message = error.get("message") if isinstance(error, dict) else None
-    return message if isinstance(message, str) else json.dumps(doc)[:200]
 
 
 # HTTP (the shard's admin route) ------------------------------------------------------

@@ -19,11 +19,12 @@ from aiohttp import ClientSession, web
 from ops.settings import Seconds
 from origin.hlc import HybridClock
 from origin.http import Origin, create_app
+from origin.leaseclient import LeaseClient
 from origin.leasing import Leasing
 from origin.ledger import Ledger
 from origin.settings import OriginSettings
 from origin.shard import UpstreamError, upstream_session
-from origin.shardsales import LeaseClient, ShardSales
+from origin.shardsales import ShardSales
 from origin.store.base import Store
 from origin.store.factory import store_from_url
 from tests.origin.conftest import LIMITS, FakeTime
