@@ -18,7 +18,7 @@ Ports (``base_port`` 0 keeps the documented defaults of docs/architecture.md)::
     POP k              8080 + k on 127.0.0.(k+2)  N + 1 + S + k (S = number of regions)
     GeoDNS DNS/admin   5353 / 8053             N + 1 + 2S, + 1
     predictor          8200                    N + 3 + 2S
-    feed publisher     8190 (/metrics)         N + 4 + 2S
+    feed publisher     8191 (/metrics)         N + 4 + 2S
 
 Shards are started directly (``origin serve --role shard --region R``), not
 through ``origin manager``: `up` must know every child's pid to restart it,
@@ -61,7 +61,7 @@ FAILOVER_BOUND_SECONDS: Final = 5.0  # health_interval × (health_fall + 1) + ti
 SHARD_MAX_LAG: Final = "5s"
 STALENESS_BOUND_SECONDS: Final = 5.0 + 2.0
 DEFAULT_PORTS: Final = {"origin": 8100, "shard": 8110, "pop": 8080, "dns": 5353, "admin": 8053,
-                        "predictor": 8200, "publisher": 8190}  # fmt: skip
+                        "predictor": 8200, "publisher": 8191}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
