@@ -18,7 +18,8 @@ pure cores (`edge.freshness`, `edge.validation`, `edge.cachekey`):
   Retry-After instead of queueing.
 
 Item documents remember their event, so a change-feed record for an item
-evicts both `/v1/items/{id}` and `/v1/events/{event_id}`.
+evicts both `/v1/items/{id}` and `/v1/events/{event_id}`. A record of an
+event's metadata edit evicts `/v1/events/{id}` and the cached listings.
 
 Upstream fetches go to `router.targets(target)` (edge.shardmap: the shard
 map's route for this POP's region) or, without a router, to the configured
@@ -55,6 +56,7 @@ from edge.validation import (
     not_modified_headers,
     refreshed_from_304,
 )
+from origin.lww import is_event_patch
 
 log = logging.getLogger("boxoffice.edge")
 
@@ -518,7 +520,16 @@ class Pop:
         return removed
 
     def on_item_changed(self, item_id: str, version: int, patch: dict[str, object]) -> None:
-        """Change-feed callback: evict the item and its event page."""
+        """Change-feed callback: evict the item and its event page.
+
+        An event record (an edit of an event's metadata, origin.changefeed
+        ``op`` = ``event``; its patch carries ``metadata_stamps``) evicts the
+        event's page and every cached event listing instead: its id is an
+        event's, not an item's.
+        """
+        if is_event_patch(patch):
+            self.on_event_changed(item_id)
+            return
         if len(self._announced) >= MAX_ITEM_EVENTS:
             self._announced.clear()
         self._announced[item_id] = max(version, self._announced.get(item_id, 0))
@@ -528,6 +539,18 @@ class Pop:
         )
         if isinstance(event_id, str):
             self.purge_url(f"/v1/events/{event_id}")
+
+    def on_event_changed(self, event_id: str) -> None:
+        """Evict an event's page and the cached event listings (`/v1/events?…`), which show its metadata.
+
+        Listings are found by walking the cache keys: metadata edits are rare,
+        and a listing's query (region, after, limit) does not say which events it holds.
+        """
+        self.purge_url(f"/v1/events/{event_id}")
+        for key in self.cache.snapshot_keys():
+            path = key.url.split("/", 3)[-1] if key.url.count("/") >= 3 else ""
+            if path == "v1/events" or path.startswith("v1/events?"):
+                self.purge_url(key.url)
 
     def on_feed_reset(self, reason: str) -> None:
         """Change-feed callback: changes may have been missed, so drop every item and event page."""

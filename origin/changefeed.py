@@ -4,6 +4,13 @@ Every committed change to an item appends one record in the same transaction:
 its position, the item id, the item's new version, its HLC stamp, the operation
 and a JSON merge patch (RFC 7396) of only the fields that changed.
 
+An edit of an event's metadata appends an *event record* (``op`` = ``event``):
+``item_id`` is the event id, ``version`` is always :data:`EVENT_RECORD_VERSION`
+(metadata has no version: its stamps order it), ``hlc`` is the edit's stamp,
+and ``patch`` holds the edited fields and their stamps under
+``metadata_stamps``. Followers merge it with origin.lww, so a duplicate or an
+older record changes nothing; POPs evict the event's pages.
+
 A position is ``EPOCH:SEQ``. ``SEQ`` counts records of one history, with no
 gaps and in commit order. ``EPOCH`` names that history: it is drawn when a
 store is created, so a consumer holding a position from another database (a
@@ -21,7 +28,11 @@ from origin.errors import BadRequest, PositionGone
 
 OP_UPSERT: Final = "upsert"
 OP_DELETE: Final = "delete"
-ChangeOp = Literal["upsert", "delete"]
+OP_EVENT: Final = "event"
+ChangeOp = Literal["upsert", "delete", "event"]
+CHANGE_OPS: Final = (OP_UPSERT, OP_DELETE, OP_EVENT)
+# The version every event record carries; the feed contract wants a positive integer.
+EVENT_RECORD_VERSION: Final = 1
 
 # Fields that the record itself carries; repeating them in the patch would
 # only add bytes to every change.

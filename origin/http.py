@@ -34,6 +34,7 @@ from ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ops.metrics import Registry
 from origin.changefeed import Position, check_since
 from origin.errors import BadRequest, NotFound, OriginError, PositionGone
+from origin.hlc import Stamp
 from origin.httpio import (  # moved out of this module; names kept
     NO_STORE,
     _cacheable,
@@ -50,7 +51,9 @@ from origin.httpio import (  # moved out of this module; names kept
 from origin.leasing import SWEEP_BATCH as LEASE_SWEEP_BATCH
 from origin.leasing import Leasing, add_lease_routes
 from origin.ledger import Ledger, check_idempotency_key, parse_hold_request, parse_order_request
-from origin.metadata import ShardMapService, add_shardmap_routes
+from origin.lww import STAMPS_KEY
+from origin.metadata import ShardMapService, Unauthorized, add_shardmap_routes
+from origin.metadata_edits import bearer_matches, edit_event
 from origin.model import Event
 from origin.settings import OriginSettings
 from origin.shard import Shard, ShardNotReady, forward_write
@@ -116,6 +119,9 @@ def create_app(origin: Origin, *, background: bool = True) -> web.Application:
     app.router.add_get("/v1/items/{item_id}", get_item)
     app.router.add_get("/v1/events", list_events)
     app.router.add_get("/v1/events/{event_id}", get_event)
+    if origin.shard is None:
+        # Metadata is edited on the primary only; its change record reaches every shard.
+        app.router.add_patch("/v1/events/{event_id}", patch_event)
     app.router.add_post("/v1/holds", post_hold)
     app.router.add_get("/v1/holds/{hold_id}", get_hold)
     app.router.add_post("/v1/orders", post_order)
@@ -175,6 +181,10 @@ async def get_event(request: web.Request) -> web.StreamResponse:
         "items": [item.to_document() for item in items],
     }
     modified = max((item.updated_at for item in items), default=event.onsale_at)
+    edited = _last_edited(event)
+    if edited is not None and edited > modified:
+        # A metadata edit changes the page: a cache revalidating with If-Modified-Since must not get a 304.
+        modified = edited
     return _cacheable(request, doc, etag=None, modified=modified, cache_control=_item_cache_control(origin.settings))
 
 
@@ -254,6 +264,32 @@ async def post_order(request: web.Request) -> web.StreamResponse:
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
     return _json(result.body, status=result.status, headers=headers)
+
+
+async def patch_event(request: web.Request) -> web.StreamResponse:
+    """`PATCH /v1/events/{id}` (bearer token): a JSON merge patch of the event's metadata (origin.metadata_edits)."""
+    origin = request.app[ORIGIN]
+    if not bearer_matches(request.headers.get("Authorization"), origin.settings.admin_token):
+        response = _error(401, Unauthorized.code, "send Authorization: Bearer <the admin token>")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="boxoffice"'
+        return response
+    event_id = _path_id(request, "event_id")
+    now = datetime.fromtimestamp(origin.physical_time(), UTC)
+    edit = await edit_event(origin.store, origin.ledger, event_id, await _json_body(request), now)
+    doc = {"event": edit.event.to_document(), "hlc": edit.hlc, "changed": sorted(set(edit.patch) - {STAMPS_KEY})}
+    return _json(doc, headers={"Cache-Control": NO_STORE})
+
+
+def _last_edited(event: Event) -> datetime | None:
+    """When the event's metadata was last edited, by its newest stamp's wall clock (None: never)."""
+    newest = max(event.metadata_stamps.values(), default=None)
+    if newest is None:
+        return None
+    try:
+        wall_ms = Stamp.decode(newest).wall_ms
+        return datetime.fromtimestamp(wall_ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 async def _shard_hold(origin: Origin, shard: Shard, request: web.Request) -> web.StreamResponse:

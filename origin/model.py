@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+from origin import lww
 from origin.errors import StoredDataError
 
 SEATED: Final = "seated"
@@ -85,9 +86,13 @@ class Event:
     onsale_at: datetime
     popularity: float  # relative demand weight; the demo catalog draws it from a Zipf law
     price_tiers: tuple[PriceTier, ...]
+    # The HLC stamp (encoded) of the last edit of each metadata field that was
+    # ever edited; origin.lww merges copies field by field with them. Left out
+    # of the document when empty, so unedited events read as they always did.
+    metadata_stamps: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
 
     def to_document(self) -> Document:
-        return {
+        doc: Document = {
             "id": self.id,
             "name": self.name,
             "artist": self.artist,
@@ -99,10 +104,14 @@ class Event:
             "popularity": self.popularity,
             "price_tiers": [dataclasses.asdict(tier) for tier in self.price_tiers],
         }
+        if self.metadata_stamps:
+            doc[lww.STAMPS_KEY] = dict(self.metadata_stamps)
+        return doc
 
     @classmethod
     def from_document(cls, doc: Document) -> Event:
         try:
+            stamped = lww.metadata_of(doc)  # checks the stamps: every one decodes and stamps a present field
             return cls(
                 id=doc["id"],
                 name=doc["name"],
@@ -114,6 +123,9 @@ class Event:
                 onsale_at=parse_time(doc["onsale_at"]),
                 popularity=float(doc["popularity"]),
                 price_tiers=tuple(PriceTier(**tier) for tier in doc["price_tiers"]),
+                metadata_stamps={
+                    name: field.stamp.encode() for name, field in stamped.items() if field.stamp is not None
+                },
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StoredDataError(f"bad event document: {exc}") from exc

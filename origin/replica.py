@@ -24,7 +24,11 @@ R7    row absent, full patch, event mirrored            APPLIED, new row
 R8    row absent, full patch, event not mirrored        NOT_OURS
 R9    row absent, partial patch, ``complete``           NOT_OURS (see below)
 R10   row absent, partial patch, not ``complete``       GAP: refetch the item
+R11   an event record (``op`` = ``event``)              NOT_OURS: not an item row
 ====  ================================================  =========================================
+
+R11 comes first: an event record's ``item_id`` is an event id and its patch is
+metadata, which the follower merges into its event copy with origin.lww.
 
 R9 holds because an item's first record always carries its whole document and
 an item never moves to another event: a follower that holds every row of
@@ -48,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from origin import mergepatch
-from origin.changefeed import OP_DELETE, ChangeRecord
+from origin.changefeed import OP_DELETE, OP_EVENT, ChangeRecord
 
 Document = dict[str, Any]
 
@@ -120,6 +124,8 @@ def apply_record(
     Raises ValueError when `row` is not a document of ``record.item_id``: the
     caller paired them wrongly, and that must not be applied.
     """
+    if record.op == OP_EVENT:
+        return Applied(Outcome.NOT_OURS, row, "an event's metadata, merged by origin.lww, not an item row")
     if row is not None and row.get("id") != record.item_id:
         raise ValueError(f"record for {record.item_id!r} paired with row {row.get('id')!r}")
     full = record.op != OP_DELETE and is_full_patch(record.patch)

@@ -64,6 +64,7 @@ class OriginSettings:
     shardmap_token: str = setting(
         "", "primary: bearer token the shard manager sends with PUT /v1/shardmap (empty: refused)"
     )
+    admin_token: str = setting("", "primary: bearer token of PATCH /v1/events/{id} metadata edits (empty: refused)")
     shardmap_file: str = setting("", "primary: where the shard map is kept (empty: DATA_DIR/shardmap.json or var/)")
     public_url: str = setting("", "primary: its URL as shards and POPs reach it (empty: http://HOST:PORT)")
     shard_token: str = setting(

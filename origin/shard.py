@@ -20,7 +20,13 @@ keeps them current from an *upstream* (the primary, or another shard) like this:
 4. **Re-snapshot** on ``410`` or an upstream epoch change. After an epoch
    change rows are *replaced* (versions of two histories do not compare); rows
    the new snapshot lacks are deleted.
-5. **Placement.** Events added to the shard's set are copied with a filtered
+5. **Event metadata** (names, descriptions, display prices) merges by
+   last-write-wins (origin.lww): an event record (``op`` = ``event``) and the
+   event documents of every snapshot page are merged field by field with our
+   copy by their HLC stamps, so a duplicate, an older record or an older
+   snapshot changes nothing. What a merge changed is republished in the
+   shard's own feed as an event record.
+6. **Placement.** Events added to the shard's set are copied with a filtered
    snapshot read *after* the current checkpoint, so the feed that continues
    from the checkpoint only replays records the snapshot already covers.
    Dropped events are deleted, with delete records in the shard's own feed.
@@ -67,7 +73,8 @@ import aiohttp
 from aiohttp import web
 
 from ops.metrics import Registry
-from origin.changefeed import OP_DELETE, ChangeRecord, Position, item_patch
+from origin import lww
+from origin.changefeed import EVENT_RECORD_VERSION, OP_DELETE, OP_EVENT, ChangeRecord, Position, item_patch
 from origin.errors import OriginError, PositionGone, ServerError, StoredDataError
 from origin.model import Event, Item
 from origin.replica import Outcome, apply_record, replace_row
@@ -376,14 +383,16 @@ class Shard:
     async def _put_metadata(
         self, tx: Transaction, page: SnapshotDoc, keep: frozenset[str] | set[str] | None
     ) -> set[str]:
-        # Event and venue documents come from the upstream, the one writer of
-        # metadata, so the copy in the newest snapshot page wins.
+        # Venue documents come from the upstream, the one writer of them, so
+        # the newest snapshot page wins. Event metadata merges by
+        # last-write-wins (origin.lww): a snapshot read before an edit we
+        # already applied from the feed must not undo it.
         for venue in page.venues:
             await tx.put_venue(venue)
         placed = {event.id for event in page.events if keep is None or event.id in keep}
         for event in page.events:
             if event.id in placed:
-                await tx.put_event(event)
+                await self._merge_event(tx, await tx.event_for_update(event.id), event.to_document(), whole=True)
                 self._regions[event.id] = event.region
         return placed
 
@@ -498,6 +507,10 @@ class Shard:
         outcomes: dict[Outcome, int] = {}
         async with self.store.transaction() as tx:
             for record in batch.records:
+                if record.op == OP_EVENT:
+                    outcome = await self._apply_event_record(tx, record)
+                    outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                    continue
                 current = await tx.item_for_update(record.item_id)
                 old = None if current is None else current.to_document()
                 applied = apply_record(old, record, mirrors=self.mirrored)
@@ -518,6 +531,53 @@ class Shard:
             await tx.set_checkpoint(UPSTREAM_SOURCE, batch.next.encode())
         for outcome, count in outcomes.items():
             self.metrics.applied.inc(outcome.value, amount=count)
+
+    async def _apply_event_record(self, tx: Transaction, record: ChangeRecord) -> Outcome:
+        """Merge an event record into our copy of the event (origin.lww); republish what it changed.
+
+        A duplicate or older record merges to what we hold and changes nothing.
+        """
+        if record.item_id not in self.mirrored:
+            return Outcome.NOT_OURS
+        current = await tx.event_for_update(record.item_id)
+        if current is None:
+            return Outcome.NOT_OURS
+        try:
+            changed = await self._merge_event(tx, current, record.patch, whole=False)
+        except ValueError as exc:
+            raise UpstreamError(f"record {record.pos.encode()} has a bad event patch: {exc}") from exc
+        return Outcome.APPLIED if changed else Outcome.DUPLICATE
+
+    async def _merge_event(
+        self, tx: Transaction, current: Event | None, incoming: dict[str, Any], *, whole: bool
+    ) -> bool:
+        """Write `current` merged with `incoming`; True when it changed.
+
+        `incoming` is a whole event document from the upstream (`whole`: its
+        fields other than metadata replace ours) or an event record's patch.
+
+        When a held event changed, the shard's own feed gets an event record
+        with the fields that changed, so its POPs and followers see the edit.
+        Raises ValueError on stamps that do not decode (origin.lww).
+        """
+        before = None if current is None else current.to_document()
+        if before is None:
+            after = dict(incoming)
+        else:
+            merged = lww.merge(lww.metadata_of(before), lww.metadata_of(incoming))
+            after = lww.with_metadata(incoming if whole else before, merged)
+        if after == before:
+            return False
+        try:
+            event = Event.from_document(after)
+        except StoredDataError as exc:
+            raise ValueError(exc.message) from exc
+        await tx.put_event(event)
+        patch = lww.record_patch(before, after)
+        if before is not None and patch:
+            stamp = max(patch[lww.STAMPS_KEY].values())  # the newest edit it carries
+            await tx.append_change(event.id, EVENT_RECORD_VERSION, stamp, OP_EVENT, patch, self.now())
+        return True
 
     async def _refetch(self, item_ids: set[str]) -> None:
         self.metrics.gaps.inc(amount=len(item_ids))
@@ -552,7 +612,7 @@ class Shard:
             async with self.store.transaction() as tx:
                 if venue is not None:
                     await tx.put_venue(venue)
-                await tx.put_event(event)
+                await self._merge_event(tx, await tx.event_for_update(event.id), event.to_document(), whole=True)
             self._regions[event_id] = event.region
             self.mirrored.add(event_id)
 

@@ -6,7 +6,8 @@ consumer (edge side):
 
 - fields ``pos`` (``EPOCH:SEQ``), ``item_id``, ``version`` (decimal),
   ``hlc``, ``op`` and ``patch`` (JSON text of the RFC 7396 merge patch), all
-  strings;
+  strings; ``op`` is passed through as the feed has it (``upsert``,
+  ``delete``, or ``event`` for an event's metadata, origin.changefeed);
 - a *reset marker* has ``op`` = ``reset``, ``item_id`` = ``""``, ``patch`` =
   ``"{}"`` and ``pos`` = the position the entries after it continue from.
   Consumers purge on it: we could not vouch that every change up to it was
@@ -26,7 +27,7 @@ import json
 from dataclasses import dataclass
 from typing import Final
 
-from origin.changefeed import OP_DELETE, OP_UPSERT, ChangeRecord, Position
+from origin.changefeed import CHANGE_OPS, ChangeRecord, Position
 from origin.errors import BadRequest, PositionGone, ServerError
 
 STREAM_PREFIX: Final = "boxoffice:changes:"
@@ -101,8 +102,10 @@ def parse_changes(doc: object) -> ChangesAnswer:
         if not isinstance(hlc, str) or not hlc:
             raise UpstreamFeedError(f"change {index} ({item_id}) has no hlc stamp")
         # `reset` is ours; an op we do not know would mean something to no consumer.
-        if op not in (OP_UPSERT, OP_DELETE):
-            raise UpstreamFeedError(f"change {index} ({item_id}) has op {str(op)[:40]!r}, not upsert or delete")
+        if op not in CHANGE_OPS:
+            raise UpstreamFeedError(
+                f"change {index} ({item_id}) has op {str(op)[:40]!r}, not one of {', '.join(CHANGE_OPS)}"
+            )
         if not isinstance(patch, dict):
             raise UpstreamFeedError(f"change {index} ({item_id}) has a patch that is not an object")
         pos = parse_position(raw.get("pos"), f"change {index} pos")

@@ -19,7 +19,7 @@ from typing import Any, Final, Protocol
 import aiohttp
 
 from ops.metrics import Counter
-from origin.changefeed import ChangeRecord, Position
+from origin.changefeed import CHANGE_OPS, ChangeRecord, Position
 from origin.errors import BadRequest, PositionGone, ServerError, StoredDataError
 from origin.model import Event, Item, Venue
 from origin.store.base import MAX_PAGE_ROWS
@@ -219,7 +219,7 @@ def parse_changes(doc: Any) -> ChangesDoc:
             raise UpstreamError("upstream change record lacks item_id, hlc or patch")
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise UpstreamError(f"upstream change record for {item_id} has a bad version")
-        if op not in ("upsert", "delete"):
+        if op not in CHANGE_OPS:
             raise UpstreamError(f"upstream change record for {item_id} has unknown op {op!r}")
         records.append(ChangeRecord(_position(raw.get("pos"), "record pos"), item_id, version, hlc, op, patch))
     next_position = _position(doc.get("next"), "next")

@@ -61,6 +61,13 @@ class IsotonicCalibration:
             raise PredictorError(f"malformed calibration: {exc}") from None
         if not low or not len(low) == len(high) == len(value):
             raise PredictorError("malformed calibration: empty, or its arrays differ in length")
+        # what fit_isotonic writes: finite blocks in score order, probabilities rising from block to block
+        # (np.interp silently answers garbage over unsorted points, and a NaN would reach every hint)
+        points, rates = np.column_stack((low, high)).ravel(), np.asarray(value)
+        if not (np.isfinite(points).all() and np.isfinite(rates).all()):
+            raise PredictorError("malformed calibration: a bound or a value is not a finite number")
+        if (np.diff(points) < 0).any() or (np.diff(rates) < 0).any() or rates[0] < 0 or rates[-1] > 1:
+            raise PredictorError("malformed calibration: blocks out of order, or a value is not a probability")
         return cls(low, high, value)
 
 

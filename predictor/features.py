@@ -167,8 +167,8 @@ class EventFacts:
     ) -> EventFacts:
         if len(popularity) == 0:
             raise PredictorError("the catalog has no events")
-        if (np.asarray(popularity) <= 0).any():
-            raise PredictorError("every event's popularity must be above 0")
+        if not (np.asarray(popularity) > 0).all() or not np.isfinite(popularity).all():  # NaN fails `> 0`
+            raise PredictorError("every event's popularity must be a finite number above 0")
         frame = pd.DataFrame(
             {
                 "region": list(region),

@@ -31,6 +31,8 @@ import xgboost as xgb
 
 from predictor.calibration import FloatArray, IsotonicCalibration
 from predictor.errors import PredictorError
+from predictor.features import FEATURES
+from predictor.forecast import DEMAND_FEATURES
 from predictor.settings import BoostParams
 
 PURCHASE: Final = "purchase"
@@ -158,19 +160,56 @@ def load(directory: Path, kind: str, version: int | None = None) -> Model:
     meta_path = directory / f"{kind}-v{chosen}.meta.json"
     try:
         metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+        _check_metadata(metadata, kind, chosen)
         booster = xgb.Booster()
         booster.load_model(str(directory / metadata["model_file"]))
         features = tuple(str(name) for name in metadata["features"])
-    except (OSError, ValueError, KeyError, TypeError, xgb.core.XGBoostError) as exc:
+        _check_features(kind, features, booster.feature_names)
+        calibration = metadata.get("calibration")
+        if kind == PURCHASE and not calibration:
+            raise PredictorError("a purchase model needs its calibration (hint thresholds are probabilities)")
+        return Model(
+            kind,
+            booster,
+            features,
+            IsotonicCalibration.from_json(calibration) if calibration else None,
+            metadata,
+        )
+    except (OSError, ValueError, KeyError, TypeError, xgb.core.XGBoostError, PredictorError) as exc:
         raise PredictorError(f"cannot load {meta_path}: {exc}") from None
-    calibration = metadata.get("calibration")
-    return Model(
-        kind,
-        booster,
-        features,
-        IsotonicCalibration.from_json(calibration) if calibration else None,
-        metadata,
-    )
+
+
+def _check_metadata(metadata: Any, kind: str, version: int) -> None:
+    """What `save` wrote: a document of this kind, format and version, naming a model file beside it.
+
+    The server's reloader swaps in whatever :func:`load` returns, so a file it could not use must fail here.
+    """
+    if not isinstance(metadata, dict):
+        raise PredictorError("the metadata is not a JSON object")
+    if metadata.get("format") != FORMAT:
+        raise PredictorError(f"metadata format {metadata.get('format')!r}, this version reads {FORMAT}")
+    if metadata.get("kind") != kind:
+        raise PredictorError(f"the metadata describes a {metadata.get('kind')!r} model, not a {kind} model")
+    if metadata.get("version") != version:  # the reloader compares it with the file names: it would reload forever
+        raise PredictorError(f"the metadata says version {metadata.get('version')!r}, its file name {version}")
+    name = metadata.get("model_file")
+    if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+        raise PredictorError(f"model_file {name!r} is not a file name in the models directory")
+    horizon = metadata.get("horizon_s")
+    if kind == DEMAND and not (
+        isinstance(horizon, int | float) and not isinstance(horizon, bool) and 0.001 <= horizon < 366 * 86_400
+    ):  # a whole millisecond up to a year: what DemandState and the forecast document can count in
+        raise PredictorError(f"horizon_s {horizon!r} is not a number of seconds")
+
+
+def _check_features(kind: str, features: tuple[str, ...], booster_features: Any) -> None:
+    """The metadata's columns are the booster's, in its order, and ones serving computes."""
+    if booster_features is not None and list(booster_features) != list(features):
+        raise PredictorError("the metadata's feature list is not the booster's (names or order differ)")
+    known = FEATURES if kind == PURCHASE else DEMAND_FEATURES
+    unknown = [name for name in features if name not in known]
+    if unknown:
+        raise PredictorError(f"feature {unknown[0]!r} is not one this version computes")
 
 
 def jsonable(value: Any) -> Any:

@@ -10,7 +10,15 @@ the latest row it saw (tested in ``tests/predictor/test_features.py``).
 "Strictly before the cut-off" holds online too: every cumulative cell keeps
 its value before the latest millisecond it changed in, and reads that one when
 asked about that same millisecond. A window keeps its rows' times in a sorted
-list trimmed to the window, so its memory is bounded by the window's traffic.
+list trimmed to the window and MAX_AHEAD_MS more (a row ahead of the clock
+must not drop rows the present still counts), so its memory is bounded by
+the window's traffic.
+
+Rows may arrive late (the ingest API accepts events up to an hour old, and
+two POPs' batches cross): a row earlier than the user's latest is counted
+where it belongs in time, but it is never a "fast" request (its gap to the
+latest row is negative, not short), never opens a session (it most likely
+belongs to one already counted), and never moves "the time of the last one".
 
 It is plain Python without locks or I/O: the server owns one instance and
 calls it from one thread (or an executor with one worker).
@@ -37,6 +45,7 @@ from predictor.features import (
     HOLD,
     INVITE,
     ITEM_VIEW,
+    MINUTE_MS,
     NEW_SESSION,
     PRESALE,
     PRESALE_ACTIONS,
@@ -52,6 +61,9 @@ from predictor.features import (
 )
 
 MAX_ROWS_PER_CALL: Final = 10_000  # one scoring batch; a hint request needs a few hundred at most
+# A window keeps rows this much longer than its width, so that a row up to this far ahead of the clock
+# does not trim rows `now` still counts: 3 x the ingest API's default max_clock_skew (5 min).
+MAX_AHEAD_MS: Final = 15 * MINUTE_MS
 
 
 class ActivityError(PredictorError, ValueError):
@@ -83,6 +95,14 @@ class _Cell:
         self.previous: int | None = None
 
     def put(self, ts: int, value: float) -> None:
+        """The value from `ts` on. A late `ts` (before the latest millisecond) shifts the value seen before
+        that millisecond by as much as the latest one, and never moves the time of the latest change."""
+        if self.last is not None and ts < self.last:
+            self.before += value - self.value
+            self.value = value
+            if self.previous is None or ts > self.previous:
+                self.previous = ts
+            return
         if ts != self.last:
             self.before, self.previous, self.last = self.value, self.last, ts
         self.value = value
@@ -110,7 +130,7 @@ class SlidingWindow:
             bisect.insort(self.times, ts)
         else:
             self.times.append(ts)
-        stale = bisect.bisect_left(self.times, ts - self.width)
+        stale = bisect.bisect_left(self.times, ts - self.width - MAX_AHEAD_MS)
         if stale > len(self.times) // 2:  # trim in halves: amortised O(1) per row
             del self.times[:stale]
 
@@ -168,10 +188,15 @@ class OnlineFeatures:
             self._apply(PRESALE, {REGISTER: action == REGISTER, INVITE: action == INVITE}, ts, key, {})
             return
         sequence = self._sequence.setdefault(activity.user_id, _Sequence())
-        new_session = sequence.session != activity.session_id
-        fast = sequence.last_ts is not None and ts - sequence.last_ts < FAST_GAP_MS
-        sequence.depth = 1 if new_session else sequence.depth + 1
-        sequence.session, sequence.last_ts = activity.session_id, ts
+        if sequence.last_ts is not None and ts < sequence.last_ts:  # late: see the module docstring
+            new_session = fast = False
+            if sequence.session == activity.session_id:
+                sequence.depth += 1
+        else:
+            new_session = sequence.session != activity.session_id
+            fast = sequence.last_ts is not None and ts - sequence.last_ts < FAST_GAP_MS
+            sequence.depth = 1 if new_session else sequence.depth + 1
+            sequence.session, sequence.last_ts = activity.session_id, ts
         flags = {
             ANY: True,
             VIEW: action in ("event_view", "item_view"),

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from ops.settings import MINUTE, SECOND, Bytes, MiB, Seconds, SettingsError, setting
 from origin.cities import REGIONS
+from predictor.online import MAX_AHEAD_MS
 
 DEFAULT_PORT: Final = 8200  # ARCHITECTURE.md: predictor HTTP
 # The POP accepts a hint list for at most 15 minutes (edge.hints.MAX_HINT_LIFETIME).
@@ -93,6 +94,11 @@ class ServeSettings:
             raise SettingsError(f"predictor_serve.hint_threshold: a probability in [0, 1], got {self.hint_threshold}")
         if not 0 < self.hint_lifetime <= MAX_HINT_LIFETIME:
             raise SettingsError(f"predictor_serve.hint_lifetime: above 0 and at most {MAX_HINT_LIFETIME:.0f} s")
+        # online features keep their windows MAX_AHEAD_MS longer than their width for events from the future
+        if not 0 <= self.max_clock_skew <= MAX_AHEAD_MS / 1000:
+            raise SettingsError(
+                f"predictor_serve.max_clock_skew: from 0 to {MAX_AHEAD_MS / 1000:.0f} s, got {self.max_clock_skew:g} s"
+            )
         for name in (
             "max_batch_events", "max_body", "max_queued_calls", "warm_push_attempts", "catalog_venues",
             "catalog_events",

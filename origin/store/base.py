@@ -4,8 +4,9 @@ A backend offers plain reads and one kind of write: a :class:`Transaction`,
 inside which the ledger (``origin.ledger``) locks rows, decides with the pure
 cores, writes, and appends change records. The contract each backend keeps:
 
-* ``item_for_update`` / ``hold_for_update`` lock the row until commit, so two
-  transactions touching one item run one after the other;
+* ``item_for_update`` / ``hold_for_update`` / ``event_for_update`` lock the
+  row until commit, so two transactions touching one item (or one event's
+  metadata, origin.metadata_edits) run one after the other;
 * ``append_change`` hands out feed sequence numbers with no gaps *in commit
   order* — a reader that has seen sequence N will never later find a committed
   record below N. The ledger calls it last, just before commit, to keep the
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from origin.changefeed import ChangeOp, ChangeRecord, Position
+from origin.changefeed import CHANGE_OPS, ChangeOp, ChangeRecord, Position
 from origin.errors import StoredDataError
 from origin.model import Event, Hold, Item, Order, Venue
 
@@ -110,6 +111,10 @@ class Transaction(abc.ABC):
 
     @abc.abstractmethod
     async def put_item(self, item: Item) -> None: ...
+
+    @abc.abstractmethod
+    async def event_for_update(self, event_id: str) -> Event | None:
+        """Read an event and lock it until commit (metadata edits and merges read-modify-write it)."""
 
     @abc.abstractmethod
     async def hold_for_update(self, hold_id: str) -> Hold | None: ...
@@ -291,7 +296,7 @@ def to_ms(moment: datetime) -> int:
 
 
 def change_record(epoch: str, seq: int, item_id: str, version: int, hlc: str, op: str, patch: str) -> ChangeRecord:
-    if op not in ("upsert", "delete"):
+    if op not in CHANGE_OPS:
         raise StoredDataError(f"change {seq} has unknown op {op!r}")
     return ChangeRecord(Position(epoch, seq), item_id, version, hlc, op, load(patch))  # type: ignore[arg-type]
 

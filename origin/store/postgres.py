@@ -448,6 +448,10 @@ class _PostgresTransaction(Transaction):
     async def put_item(self, item: Item) -> None:
         await self._fetch("UPDATE items SET doc = $1 WHERE id = $2", dump(item.to_document()), item.id)
 
+    async def event_for_update(self, event_id: str) -> Event | None:
+        rows = await self._fetch("SELECT doc FROM events WHERE id = $1 FOR UPDATE", event_id)
+        return Event.from_document(load(rows[0][0])) if rows else None
+
     async def hold_for_update(self, hold_id: str) -> Hold | None:
         rows = await self._fetch("SELECT doc FROM holds WHERE id = $1 FOR UPDATE", hold_id)
         return Hold.from_document(load(rows[0][0])) if rows else None

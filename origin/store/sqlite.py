@@ -388,6 +388,10 @@ class _SQLiteTransaction(Transaction):
     async def put_item(self, item: Item) -> None:
         await self._run("UPDATE items SET doc = ? WHERE id = ?", (dump(item.to_document()), item.id))
 
+    async def event_for_update(self, event_id: str) -> Event | None:
+        rows = await self._run("SELECT doc FROM events WHERE id = ?", (event_id,))
+        return Event.from_document(load(rows[0][0])) if rows else None
+
     async def hold_for_update(self, hold_id: str) -> Hold | None:
         rows = await self._run("SELECT doc FROM holds WHERE id = ?", (hold_id,))
         return Hold.from_document(load(rows[0][0])) if rows else None

@@ -25,7 +25,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from edge.hints import is_hintable_url, parse_predictor_hints
-from ops.settings import Seconds
+from ops.settings import Seconds, SettingsError
 from predictor.api import Predictor, create_app
 from predictor.features import EventFacts
 from predictor.scoring import MAX_HINTS, Scorer
@@ -429,3 +429,12 @@ async def test_an_ndjson_line_may_hold_a_unicode_line_separator_in_a_string(
     )
     assert status == 200, body  # JSON allows U+2028 in a string; only "\n" ends an NDJSON line
     assert json.loads(body) == {"accepted": 2, "duplicates": 0}
+
+
+def test_a_clock_skew_beyond_the_online_windows_margin_is_refused() -> None:
+    from predictor.online import MAX_AHEAD_MS
+
+    ok = ServeSettings(models="m", max_clock_skew=Seconds(MAX_AHEAD_MS / 1000))
+    ok.validate()
+    with pytest.raises(SettingsError, match="max_clock_skew"):
+        ServeSettings(models="m", max_clock_skew=Seconds(MAX_AHEAD_MS / 1000 + 1)).validate()
