@@ -551,6 +551,11 @@ class Pop:
             path = key.url.split("/", 3)[-1] if key.url.count("/") >= 3 else ""
             if path == "v1/events" or path.startswith("v1/events?"):
                 self.purge_url(key.url)
+        # A listing fetched before the edit may still be in flight, under a key
+        # not cached (so not purged above): nothing fetched before now is stored.
+        self._purge_seq += 1
+        self._purge_floor = self._purge_seq
+        self._purged_at.clear()
 
     def on_feed_reset(self, reason: str) -> None:
         """Change-feed callback: changes may have been missed, so drop every item and event page."""
@@ -561,7 +566,8 @@ class Pop:
         # not a 200, or forgotten when the table was cleared).
         for key in self.cache.snapshot_keys():
             path = key.url.split("/", 3)[-1] if key.url.count("/") >= 3 else ""
-            if path.startswith(("v1/items/", "v1/events/")):
+            # Listings too: a missed event record may have edited the metadata they show.
+            if path.startswith(("v1/items/", "v1/events/", "v1/events?")) or path == "v1/events":
                 self.stats.purged += self.cache.delete(key)
         # Nothing fetched before now may be stored or taken from the second level.
         self._purge_seq += 1

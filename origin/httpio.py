@@ -71,6 +71,8 @@ async def _json_body(request: web.Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # deeper than the parser's stack; no document of ours nests like that
+        raise BadRequest("body is not valid JSON: nested too deeply") from None
 
 
 def _path_id(request: web.Request, name: str) -> str:

@@ -92,8 +92,14 @@ async def edit_event(store: Store, ledger: Ledger, event_id: str, body: object, 
         if current is None:
             raise NotFound(f"no event {event_id}")
         values = parse_event_patch(body, current)
-        newest = max(current.metadata_stamps.values(), default="")
-        stamp = Stamp.decode(ledger.stamp_after(newest))
+        stored = [Stamp.decode(text) for text in current.metadata_stamps.values()]
+        newest = max(stored, default=None)
+        stamp = Stamp.decode(ledger.stamp_after("" if newest is None else newest.encode()))
+        if newest is not None and stamp <= newest:
+            # Our clock is behind the event's last edit by more than the HLC lets a
+            # stamp lead it (a clock stepped back): stamp_after could not observe it.
+            # Step just above it, or this edit would lose the merge and vanish.
+            stamp = Stamp(newest.wall_ms, newest.logical + 1, stamp.node)
         before = current.to_document()
         edit = {name: lww.Stamped(value, stamp) for name, value in values.items()}
         after = lww.with_metadata(before, lww.merge(lww.metadata_of(before), edit))
@@ -108,6 +114,11 @@ async def edit_event(store: Store, ledger: Ledger, event_id: str, body: object, 
 def _text(value: object, name: str) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT_LENGTH:
         raise BadRequest(f"field {name!r} must be a non-blank string of at most {MAX_TEXT_LENGTH} characters")
+    try:
+        # JSON can spell a lone surrogate (\ud800); the stores, the feed and every response are UTF-8.
+        value.encode()
+    except UnicodeEncodeError:
+        raise BadRequest(f"field {name!r} holds a lone surrogate, which is not text") from None
     return value
 
 

@@ -543,6 +543,12 @@ class Shard:
         if current is None:
             return Outcome.NOT_OURS
         try:
+            unstamped = [name for name, field in lww.metadata_of(record.patch).items() if field.stamp is None]
+            if unstamped:
+                # Every edit is stamped (lww.record_patch). An unstamped value would merge by
+                # the JSON tie-break alone: it could change a never-edited field of ours, and
+                # record_patch would republish nothing of it.
+                raise ValueError(f"{unstamped[0]!r} has no stamp in {lww.STAMPS_KEY}")
             changed = await self._merge_event(tx, current, record.patch, whole=False)
         except ValueError as exc:
             raise UpstreamError(f"record {record.pos.encode()} has a bad event patch: {exc}") from exc

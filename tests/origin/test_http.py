@@ -169,3 +169,14 @@ async def test_health_and_metrics(client: Client, seeded: Store) -> None:
     assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     assert 'origin_http_requests_total{route="/v1/items/{item_id}",status="404"} 1' in text
     assert "origin_feed_head 3" in text
+
+
+async def test_a_deeply_nested_body_is_a_400_not_a_500(
+    seeded: Store, fake_time: FakeTime, aiohttp_client: MakeClient
+) -> None:
+    settings = OriginSettings(max_body=1024 * 1024)
+    ledger = Ledger(seeded, HybridClock("test", fake_time), fake_time, settings.ledger_limits())
+    client = await aiohttp_client(create_app(Origin(settings, seeded, ledger, fake_time), background=False))
+    body = "[" * 100_000 + "]" * 100_000
+    response = await client.post("/v1/holds", data=body)
+    assert await error_of(response, 400) == "bad_request"
