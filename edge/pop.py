@@ -153,6 +153,7 @@ class Pop:
         self._purge_floor = 0
         self._purged_at: dict[CacheKey, int] = {}
         self._l2_floor = 0.0  # second-level entries received before this wall-clock time predate a feed reset
+        self._l2_listing_floor = 0.0  # second-level event listings received before this predate a metadata edit
         self._background: set[asyncio.Task[None]] = set()
         self._via = f"1.1 boxoffice-{settings.pop}"
 
@@ -264,6 +265,8 @@ class Pop:
         since = self._purge_seq
         blob = await self.l2.get(key)
         if blob is None or self._purged_since(key, since) or blob.stored.response_time < self._l2_floor:
+            return None
+        if blob.stored.response_time < self._l2_listing_floor and _is_listing(key):
             return None
         entry = make_entry(key, blob.stored, blob.body, blob.request_headers)
         if entry.vary is not None and not vary_matches(entry.vary, entry.request_headers, request.headers):
@@ -548,9 +551,10 @@ class Pop:
         """
         self.purge_url(f"/v1/events/{event_id}")
         for key in self.cache.snapshot_keys():
-            path = key.url.split("/", 3)[-1] if key.url.count("/") >= 3 else ""
-            if path == "v1/events" or path.startswith("v1/events?"):
+            if _is_listing(key):
                 self.purge_url(key.url)
+        # Listings held only in the shared second level (another worker fetched them) are not in our keys.
+        self._l2_listing_floor = self.clock()
         # A listing fetched before the edit may still be in flight, under a key
         # not cached (so not purged above): nothing fetched before now is stored.
         self._purge_seq += 1
@@ -579,3 +583,9 @@ class Pop:
         await self.coalescer.drain()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _is_listing(key: CacheKey) -> bool:
+    """True for an event listing (`/v1/events` with or without a query), which shows many events' metadata."""
+    path = key.url.split("/", 3)[-1] if key.url.count("/") >= 3 else ""
+    return path == "v1/events" or path.startswith("v1/events?")

@@ -31,3 +31,28 @@ async def test_a_miss_in_one_worker_is_a_hit_in_the_other(
     third = await make_pop([upstream.url], redis=redis_server.url)
     assert (await fetch(client, third, "/shared")).x_cache == "MISS"
     assert upstream.counts["/shared"] == 2
+
+
+async def test_an_event_edit_keeps_a_listing_held_only_in_redis_from_being_served(
+    upstream: Scripted, make_pop: MakePop, client: aiohttp.ClientSession, redis_server: RedisServer
+) -> None:
+    listing = "/v1/events?region=eu-west"
+    first = await make_pop([upstream.url], redis=redis_server.url)
+    second = await make_pop([upstream.url], redis=redis_server.url)
+    assert (await fetch(client, first, listing)).x_cache == "MISS"
+    assert first.app.pop.l2 is not None
+    for _ in range(50):  # the second-level write is best-effort, in the background
+        if first.app.pop.l2.stats.stores:
+            break
+        await first.app.pop.drain()
+    # The second worker never cached the listing itself; an event record reaches it.
+    second.app.pop.on_event_changed("evt-000001")
+    assert (await fetch(client, second, listing)).x_cache == "MISS"  # not the pre-edit copy from Redis
+    assert upstream.counts[listing] == 2
+    # An item page in Redis is unaffected by an event edit.
+    assert (await fetch(client, first, "/v1/items/itm-000002-01")).x_cache == "MISS"
+    for _ in range(50):
+        if first.app.pop.l2.stats.stores >= 2:
+            break
+        await first.app.pop.drain()
+    assert (await fetch(client, second, "/v1/items/itm-000002-01")).x_cache == "HIT-L2"
