@@ -52,8 +52,6 @@ back to the origin's free stock.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,9 +63,11 @@ from aiohttp import web
 from origin import inventory, lease
 from origin.errors import BadRequest, ClientError, IdempotencyKeyReused, InsufficientStock, NotFound, StoredDataError
 from origin.escrow import SaleReport, Verdict, settle_report
+from origin.httpio import _json, _json_body
 from origin.lease import Allotment, Book, LeasePolicy
-from origin.ledger import MAX_ID_LENGTH, Ledger, check_idempotency_key
+from origin.ledger import MAX_ID_LENGTH, Ledger, check_idempotency_key, request_fingerprint
 from origin.metadata import Unauthorized
+from origin.metadata_edits import bearer_matches
 from origin.model import GENERAL_ADMISSION, Item, Order, format_time, parse_time
 from origin.store.base import Store, StoredAllotment, Transaction
 
@@ -75,7 +75,6 @@ from origin.store.base import Store, StoredAllotment, Transaction
 SWEEP_BATCH: Final = 200
 # Most seats one sale report may name: a hold never takes more (inventory.MAX_QTY_PER_HOLD).
 MAX_REPORT_SEATS: Final = inventory.MAX_QTY_PER_HOLD
-JSON_TYPE: Final = "application/json"
 NO_STORE: Final = {"Cache-Control": "no-store"}
 OPERATIONS: Final = ("renew", "refill", "return", "sales")
 
@@ -105,8 +104,7 @@ class Leasing:
         return datetime.fromtimestamp(millis / 1000, UTC)
 
     def authorized(self, header: str | None) -> bool:
-        scheme, _, offered = (header or "").partition(" ")
-        return bool(self._token) and scheme.lower() == "bearer" and secrets.compare_digest(offered.strip(), self._token)
+        return bearer_matches(header, self._token)
 
     # Operations ------------------------------------------------------------------
     async def grant(self, item_id: str, shard: str, units: int | None, key: str | None = None) -> LeaseAnswer:
@@ -163,7 +161,7 @@ class Leasing:
         Accepted: 201 with the order, written with the item's new availability
         and its change record. Refused: 409 with the refusal's code, stored too.
         """
-        fingerprint = _fingerprint({**dataclasses.asdict(report), "hold_id": hold_id, "user_id": user_id})
+        fingerprint = request_fingerprint({**dataclasses.asdict(report), "hold_id": hold_id, "user_id": user_id})
         scope = f"sales:{report.sale_id}"
         now = self.now()
         async with self._store.transaction() as tx:
@@ -242,7 +240,7 @@ class Leasing:
             scope = None
             if key is not None:
                 scope = f"leases:{op}:{item_id}:{shard}:{key}"
-                fingerprint = _fingerprint({"item_id": item_id, "shard": shard, **fields})
+                fingerprint = request_fingerprint({"item_id": item_id, "shard": shard, **fields})
                 stored = await tx.claim_idempotency_key(scope, fingerprint, now)
                 if stored is not None:
                     if stored.fingerprint != fingerprint:
@@ -347,11 +345,6 @@ def _lease_document(item: Item, held: StoredAllotment) -> dict[str, Any]:
     }
 
 
-def _fingerprint(fields: Mapping[str, Any]) -> str:
-    canonical = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 # HTTP ----------------------------------------------------------------------------
 
 LEASING: Final = web.AppKey("leasing", Leasing)
@@ -386,7 +379,7 @@ async def get_leases(request: web.Request) -> web.StreamResponse:
     shard = request.query.get("shard_id")
     if shard is not None and not 0 < len(shard) <= MAX_ID_LENGTH:
         raise BadRequest(f"shard_id must be 1 to {MAX_ID_LENGTH} characters")
-    return _json({"leases": await leasing.leases(shard), "now": format_time(leasing.now())})
+    return _json({"leases": await leasing.leases(shard), "now": format_time(leasing.now())}, headers=dict(NO_STORE))
 
 
 async def post_lease_operation(request: web.Request) -> web.StreamResponse:
@@ -439,11 +432,7 @@ def parse_sale_report(item_id: str, body: Mapping[str, Any]) -> tuple[SaleReport
 
 
 async def _body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    raw = await request.read()
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    body = await _json_body(request)
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
     unknown = set(body) - allowed
@@ -486,8 +475,3 @@ def _answer(answer: LeaseAnswer) -> web.Response:
     if answer.replayed:
         headers["Idempotent-Replayed"] = "true"
     return _json(answer.body, status=answer.status, headers=headers)
-
-
-def _json(doc: Any, *, status: int = 200, headers: Mapping[str, str] = NO_STORE) -> web.Response:
-    body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-    return web.Response(body=body, status=status, headers=dict(headers), content_type=JSON_TYPE)

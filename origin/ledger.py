@@ -29,7 +29,7 @@ import dataclasses
 import hashlib
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -146,7 +146,7 @@ class Ledger:
     async def place_hold(self, request: HoldRequest, idempotency_key: str | None) -> WriteResult:
         """Take stock for a hold. Raises NotFound, InsufficientStock, BadRequest, IdempotencyKeyReused."""
         now = self._now()
-        fingerprint = _fingerprint(dataclasses.asdict(request))
+        fingerprint = request_fingerprint(dataclasses.asdict(request))
         async with self._store.transaction() as tx:
             if idempotency_key is not None:
                 stored = await tx.claim_idempotency_key(f"holds:{idempotency_key}", fingerprint, now)
@@ -190,7 +190,7 @@ class Ledger:
         Raises NotFound, HoldExpired (410), HoldNotActive (409), IdempotencyKeyReused.
         """
         now = self._now()
-        fingerprint = _fingerprint({"hold_id": hold_id})
+        fingerprint = request_fingerprint({"hold_id": hold_id})
         expired = False
         async with self._store.transaction() as tx:
             if idempotency_key is not None:
@@ -286,8 +286,9 @@ def _identifier(body: dict[str, Any], field: str) -> str:
     return value
 
 
-def _fingerprint(request: dict[str, Any]) -> str:
-    canonical = json.dumps(request, sort_keys=True, default=str, separators=(",", ":"))
+def request_fingerprint(fields: Mapping[str, Any]) -> str:
+    """A digest of a request's fields, stored with its Idempotency-Key to spot a reused key."""
+    canonical = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

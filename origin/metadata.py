@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -58,7 +57,9 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from origin.errors import BadRequest, ClientError, StoredDataError
+from origin.metadata_edits import bearer_matches
 from origin.placement import ORIGIN
+from origin.validators import none_match
 
 log = logging.getLogger("boxoffice.origin.metadata")
 
@@ -324,17 +325,7 @@ class ShardMapService:
         return self.current
 
     def authorized(self, header: str | None) -> bool:
-        scheme, _, offered = (header or "").partition(" ")
-        try:
-            # aiohttp decodes header bytes that are not UTF-8 as surrogates: encode them back as they came.
-            offered_bytes = offered.strip().encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            return False
-        return (
-            bool(self._token)
-            and scheme.lower() == "bearer"
-            and hmac.compare_digest(offered_bytes, self._token.encode())
-        )
+        return bearer_matches(header, self._token)
 
     async def replace(self, doc: Any, if_match: str | None = None) -> tuple[StoredMap, bool]:
         """Store the manager's map as the next version unless it equals the current one.
@@ -385,7 +376,8 @@ async def get_shardmap(request: web.Request) -> web.StreamResponse:
     service = request.app[SHARD_MAP]
     current = service.current
     headers = {"ETag": current.etag, "Cache-Control": service.cache_control}
-    if _matches(request.headers.get("If-None-Match"), current.etag):
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None and none_match(if_none_match, current.etag):
         return web.Response(status=304, headers=headers)
     return web.Response(body=current.body, headers=headers, content_type=JSON_TYPE)
 
@@ -430,13 +422,6 @@ async def _read_json(request: web.Request) -> Any:
 class _TooLarge(ClientError):
     status = 413
     code = "request_entity_too_large"
-
-
-def _matches(header: str | None, etag: str) -> bool:
-    if header is None:
-        return False
-    candidates = [part.strip().removeprefix("W/") for part in header.split(",")]
-    return "*" in candidates or etag in candidates
 
 
 def _error(exc: ClientError) -> web.Response:

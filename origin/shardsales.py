@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import logging
 import secrets
@@ -65,10 +64,12 @@ from aiohttp import web
 from origin import escrow as core
 from origin.errors import BadRequest, HoldExpired, IdempotencyKeyReused, NotFound, OriginError
 from origin.escrow import Escrow, EscrowPolicy, LocalPhase, NotOwner, ReturnRequest, SaleReport, Verdict
+from origin.httpio import _json_body
 from origin.lease import LeaseHeld, LeaseRefused, StaleEpoch
 from origin.leaseclient import JSON_TYPE, REFUSALS, LeaseClient, error_code, error_message, parse_lease
-from origin.ledger import MAX_ID_LENGTH, HoldRequest, LedgerLimits
+from origin.ledger import MAX_ID_LENGTH, HoldRequest, LedgerLimits, request_fingerprint
 from origin.metadata import Unauthorized
+from origin.metadata_edits import bearer_matches
 from origin.model import GENERAL_ADMISSION, HOLD_ACTIVE, format_time
 from origin.settings import OriginSettings
 from origin.shard import UpstreamError
@@ -197,7 +198,7 @@ class ShardSales:
             body = self.place_hold(request)
             return None if body is None else (body, False)
         self._forget_old_keys()
-        fingerprint = _fingerprint(request)
+        fingerprint = request_fingerprint(dataclasses.asdict(request))
         known = self._hold_keys.get(key)
         if known is not None:
             if known.fingerprint != fingerprint:
@@ -240,9 +241,6 @@ class ShardSales:
             "created_at": format_time(info.created_at),
             "expires_at": format_time(held.expires_at),
         }
-
-    def is_local(self, hold_id: str) -> bool:
-        return hold_id in self._holds or hold_id in self._orders or hold_id in self._unanswered
 
     async def place_order(self, hold_id: str) -> tuple[dict[str, Any], bool] | None:
         """(201 body, replayed) for a local hold once the origin accepted its sale; None: not ours, forward.
@@ -562,12 +560,6 @@ class ShardSales:
                 del self._holds[hold_id]
 
 
-def _fingerprint(request: HoldRequest) -> str:
-    """A digest of the hold request, computed as origin.ledger does for its Idempotency-Keys."""
-    canonical = json.dumps(dataclasses.asdict(request), sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 # HTTP (the shard's admin route) ------------------------------------------------------
 
 SALES: Final = web.AppKey("shard_sales", ShardSales)
@@ -581,14 +573,9 @@ def add_sales_routes(app: web.Application, sales: ShardSales) -> None:
 async def post_lease_request(request: web.Request) -> web.StreamResponse:
     """`POST /v1/leases/request {"item_id", "units"?}`: want this item and ask the origin for it now."""
     sales = request.app[SALES]
-    scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
-    token = sales.settings.shard_token
-    if not token or scheme.lower() != "bearer" or not secrets.compare_digest(offered.strip(), token):
+    if not bearer_matches(request.headers.get("Authorization"), sales.settings.shard_token):
         raise Unauthorized("send Authorization: Bearer <the shard token>")
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    body = await _json_body(request)
     if not isinstance(body, dict) or set(body) - {"item_id", "units"}:
         raise BadRequest("body must be an object with item_id and optionally units")
     item_id, units = body.get("item_id"), body.get("units")
