@@ -362,7 +362,9 @@ def test_every_unit_the_shard_counts_is_backed_by_its_allotment(
                     book = origin_return(book, "s1", returned.epoch, returned.units)
             else:
                 book = expire(book, now, LEASES)
-        except (NotOwner, InsufficientStock, BadRequest, NotFound, HoldExpired, LeaseLapsed):
+        except (NotOwner, InsufficientStock, BadRequest, NotFound, HoldExpired, LeaseLapsed, StaleEpoch):
+            # StaleEpoch: the origin's sweeper reclaimed a lapsed allotment before the shard's return
+            # arrived; the shard had already given the units up locally, so the refusal changes nothing.
             pass
         check_invariants(book)
         accepted = {sale_id for sale_id, verdict in verdicts.items() if verdict.accepted}
