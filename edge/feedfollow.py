@@ -77,6 +77,7 @@ from edge.followcore import (
     parse_position,
     validate_retry_options,
 )
+from edge.upstream import read_capped
 from ops.backoff import Backoff
 from origin.changefeed import Position
 from origin.hlc import Stamp
@@ -96,7 +97,6 @@ DEFAULT_REQUEST_MARGIN: Final = 5 * SECOND
 # 1,000 records with whole-document patches (a new item) are ~2 MB; 16 MiB
 # refuses a runaway answer without refusing any legitimate one.
 MAX_RESPONSE_BYTES: Final = 16 * MiB
-_READ_CHUNK: Final = 64 * 1024
 # One long-poll at a time, plus the snapshot request.
 _CONNECTIONS: Final = 2
 
@@ -324,7 +324,10 @@ class FeedFollower(FollowerCore):
 
     async def _get_json(self, session: aiohttp.ClientSession, url: URL, params: dict[str, str]) -> Any:
         async with session.get(url, params=params) as response:
-            body = await self._read_bounded(response)
+            limit = self.options.max_response_bytes
+            body = await read_capped(
+                response, limit, lambda: PeerError(f"{response.url.path} answer is over {limit} bytes")
+            )
             if response.status == 410:
                 raise _PositionGone(_error_message(body) or "410 Gone from the change feed")
             if response.status != 200:
@@ -334,17 +337,6 @@ class FeedFollower(FollowerCore):
             return json.loads(body)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
             raise PeerError(f"{url.path} answered invalid JSON: {exc}") from None
-
-    async def _read_bounded(self, response: aiohttp.ClientResponse) -> bytes:
-        limit = self.options.max_response_bytes
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.content.iter_chunked(_READ_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise PeerError(f"{response.url.path} answer is over {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     # Failures -------------------------------------------------------------
 

@@ -71,6 +71,7 @@ from urllib.parse import quote
 import aiohttp
 
 from edge.errors import PeerError
+from edge.upstream import read_capped
 from edge.usertoken import is_valid_user_id
 
 __all__ = [
@@ -497,14 +498,7 @@ async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     """The body, refusing more than `limit` bytes without reading them all."""
     if response.content_length is not None and response.content_length > limit:
         raise MalformedHints(f"predictor body is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(16 * KiB):
-        size += len(chunk)
-        if size > limit:
-            raise MalformedHints(f"predictor body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_capped(response, limit, lambda: MalformedHints(f"predictor body is larger than {limit} bytes"))
 
 
 # -- Hint precision --------------------------------------------------------------------------

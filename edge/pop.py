@@ -376,11 +376,8 @@ class Pop:
             except (EdgeError, TimeoutError) as exc:
                 log.info("background refresh of %s failed: %s", key.url, exc)
 
-        if ("revalidate", key) in self.coalescer:
-            return
-        task = asyncio.ensure_future(refresh())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        if ("revalidate", key) not in self.coalescer:
+            self._spawn(refresh(), droppable=False)
 
     async def warm(self, key: CacheKey, request: ClientRequest) -> bool:
         """Fetch `request` into the cache if that evicts nothing hotter; True when admitted."""
@@ -444,7 +441,7 @@ class Pop:
 
     def _remember_item(self, entry: CachedEntry) -> bool:
         """Note which event an item document belongs to; False when it is older than the feed says."""
-        path = entry.key.url.split("/", 3)[-1] if entry.key.url.count("/") >= 3 else ""
+        path = _site_path(entry.key.url)
         if not path.startswith("v1/items/") or entry.stored.status != 200:
             return True
         try:
@@ -569,7 +566,7 @@ class Pop:
         # Also the item and event pages never linked to an item id (no event_id,
         # not a 200, or forgotten when the table was cleared).
         for key in self.cache.snapshot_keys():
-            path = key.url.split("/", 3)[-1] if key.url.count("/") >= 3 else ""
+            path = _site_path(key.url)
             # Listings too: a missed event record may have edited the metadata they show.
             if path.startswith(("v1/items/", "v1/events/", "v1/events?")) or path == "v1/events":
                 self.stats.purged += self.cache.delete(key)
@@ -587,5 +584,10 @@ class Pop:
 
 def _is_listing(key: CacheKey) -> bool:
     """True for an event listing (`/v1/events` with or without a query), which shows many events' metadata."""
-    path = key.url.split("/", 3)[-1] if key.url.count("/") >= 3 else ""
+    path = _site_path(key.url)
     return path == "v1/events" or path.startswith("v1/events?")
+
+
+def _site_path(url: str) -> str:
+    """The path and query of a cache key's absolute URL, without the leading slash ("" when it has none)."""
+    return url.split("/", 3)[-1] if url.count("/") >= 3 else ""

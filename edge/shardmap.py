@@ -55,6 +55,7 @@ import aiohttp
 from yarl import URL
 
 from edge.errors import PeerError
+from edge.upstream import read_capped
 
 log = logging.getLogger("boxoffice.edge.shardmap")
 
@@ -66,7 +67,6 @@ DEFAULT_TIMEOUT: Final = 3 * SECOND
 # 3,000 events x a dozen regions of short id lists is well under 2 MiB; a
 # document near the cap is a bug upstream, not a bigger catalog.
 MAX_DOCUMENT_BYTES: Final = 16 * MiB
-_READ_CHUNK: Final = 64 * 1024
 # Catalog ids are short ASCII words (origin/catalog.py); anything else in a path
 # segment is not an id we can route by, so it goes to the origin (R2).
 _ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -329,7 +329,9 @@ class ShardMapPoller:
                     return False
                 if response.status != 200:
                     raise PeerError(f"{self.url} answered {response.status}")
-                body = await _read_bounded(response)
+                body = await read_capped(
+                    response, MAX_DOCUMENT_BYTES, lambda: PeerError(f"the shard map is over {MAX_DOCUMENT_BYTES} bytes")
+                )
                 etag = response.headers.get("ETag")
         except (aiohttp.ClientError, TimeoutError, PeerError) as exc:
             self.failures += 1
@@ -365,14 +367,3 @@ class ShardMapPoller:
         if message != self.last_error:
             log.warning("%s", message)
         self.last_error = message[:500]
-
-
-async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(_READ_CHUNK):
-        size += len(chunk)
-        if size > MAX_DOCUMENT_BYTES:
-            raise PeerError(f"the shard map is over {MAX_DOCUMENT_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)

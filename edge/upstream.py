@@ -516,11 +516,20 @@ async def _read_body(resp: aiohttp.ClientResponse, max_body: int) -> bytes:
     """The whole body, refusing more than `max_body` bytes. Raises UpstreamTooLarge."""
     if resp.content_length is not None and resp.content_length > max_body:
         raise UpstreamTooLarge(f"upstream declared a {resp.content_length}-byte body; the cap is {max_body}")
+    return await read_capped(resp, max_body, lambda: UpstreamTooLarge(f"upstream body is over the {max_body}-byte cap"))
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int, too_large: Callable[[], Exception]) -> bytes:
+    """The whole body; raises `too_large()` as soon as more than `limit` bytes have arrived.
+
+    Every answer the POP reads from a peer goes through here: upstream
+    bodies, the change feed, the shard map and the predictor's hints.
+    """
     chunks: list[bytes] = []
     size = 0
-    async for chunk in resp.content.iter_chunked(READ_CHUNK_BYTES):
+    async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
         size += len(chunk)
-        if size > max_body:
-            raise UpstreamTooLarge(f"upstream body is over the {max_body}-byte cap")
+        if size > limit:
+            raise too_large()
         chunks.append(chunk)
     return b"".join(chunks)
