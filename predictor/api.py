@@ -31,13 +31,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import aiohttp
 from aiohttp import web
 
+from edge.hints import format_rfc3339
 from edge.usertoken import is_valid_user_id
 from ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ops.metrics import Registry
@@ -298,7 +298,7 @@ async def get_hints(request: web.Request) -> web.StreamResponse:
     doc = {
         "user_id": user_id,
         "hints": [{"url": url, "score": score} for url, score in answer.hints],
-        "expires_at": _rfc3339(answer.expires_ms),
+        "expires_at": rfc3339(answer.expires_ms),
     }
     return _json(doc, cache_control=PRIVATE)
 
@@ -357,7 +357,7 @@ def _warm_document(pop_id: str, region: str, now_ms: int, urls: list[WarmUrl]) -
     return {
         "pop_id": pop_id,
         "region": region,
-        "generated_at": _rfc3339(now_ms),
+        "generated_at": rfc3339(now_ms),
         "urls": [{"url": entry.url, "priority": entry.priority} for entry in urls],
     }
 
@@ -429,13 +429,13 @@ async def push_warm_lists(predictor: Predictor, session: aiohttp.ClientSession) 
         now = predictor.now_ms()
         for onsale_ms in due_onsales(onsale, now, lead_ms, predictor.pushed):
             predictor.pushed.add(onsale_ms)
-            log.info("on-sale at %s: pushing warm lists to %d POPs", _rfc3339(onsale_ms), len(predictor.settings.pops))
+            log.info("on-sale at %s: pushing warm lists to %d POPs", rfc3339(onsale_ms), len(predictor.settings.pops))
             try:
                 async with asyncio.TaskGroup() as group:
                     for target in predictor.settings.pop_targets():
                         group.create_task(push_one(predictor, session, target))
             except Exception:  # a bug in one push must not stop the next on-sale's
-                log.exception("warm pushes for the on-sale at %s crashed", _rfc3339(onsale_ms))
+                log.exception("warm pushes for the on-sale at %s crashed", rfc3339(onsale_ms))
         due = next_push_at(onsale, predictor.now_ms(), lead_ms)
         wait = MAX_PUSH_SLEEP if due is None else (due - predictor.now_ms()) / 1000
         await asyncio.sleep(min(MAX_PUSH_SLEEP, max(wait, 0.0)))
@@ -536,5 +536,6 @@ def _user_id(request: web.Request) -> str:
     return user_id
 
 
-def _rfc3339(ms: int) -> str:
-    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def rfc3339(ms: int) -> str:
+    """POSIX milliseconds in the hint contract's time format (edge.hints.format_rfc3339: UTC, whole seconds)."""
+    return format_rfc3339(ms / 1000)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from predictor.atomicfile import write_text_atomically
 from predictor.dataset import WorkloadTables, purchase_rows, read_workload
 from predictor.evaluate import evaluate_demand, evaluate_purchase, format_report
 from predictor.models import DEMAND, PURCHASE, jsonable, load, save, versions
@@ -90,9 +90,7 @@ def run_evaluate(settings: PredictorSettings, args: argparse.Namespace) -> str:
     result = evaluate(settings, args.version)
     out = Path(args.metrics_out) if args.metrics_out else settings.models_dir / "evaluation.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.tmp")
-    temporary.write_text(json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(temporary, out)
+    write_text_atomically(out, json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
     return format_report(result) + f"\n\nmetrics written to {out}"
 
 

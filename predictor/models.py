@@ -29,6 +29,7 @@ from typing import Any, Final
 import numpy as np
 import xgboost as xgb
 
+from predictor.atomicfile import write_text_atomically
 from predictor.calibration import FloatArray, IsotonicCalibration
 from predictor.errors import PredictorError
 from predictor.features import FEATURES
@@ -127,7 +128,7 @@ def save(model: Model, directory: Path) -> Path:
     )
     meta = directory / f"{model.kind}-v{version}.meta.json"
     document = json.dumps(jsonable(model.metadata), indent=2, allow_nan=False, default=_plain)
-    _write_text(meta, document + "\n")
+    write_text_atomically(meta, document + "\n")
     return meta
 
 
@@ -229,9 +230,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.floating):
         return float(value)
     raise TypeError(f"not JSON: {type(value).__name__}")
-
-
-def _write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from ops.settings import HOUR
+from predictor.calibration import roc_auc
 from predictor.catalogview import BoolArray, FloatArray
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ def realised_statistics(workload: Workload) -> dict[str, Statistic]:
     stats["home_region_share"] = _pair(float(home.mean()), workload.expected["home_region_share"])
     stats["diurnal_amplitude"] = _pair(_diurnal_amplitude(workload, browse), config.diurnal_amplitude)
     stats.update(_dwell(workload, human_log))
-    stats["oracle_auc"] = _pair(_auc(human["p_true"].to_numpy(), human["purchased"].to_numpy()), math.nan)
+    stats["oracle_auc"] = _pair(roc_auc(human["purchased"].to_numpy(), human["p_true"].to_numpy()), math.nan)
     stats["mean_p_true"] = _pair(float(human["p_true"].mean()), config.session_purchase_rate)
     return stats
 
@@ -274,20 +275,3 @@ def _dwell(workload: Workload, human_log: Any) -> dict[str, Statistic]:
     )
     result["dwell_log_spread_all"] = _pair(spread, math.nan)
     return result
-
-
-def _auc(score: FloatArray, outcome: Any) -> float:
-    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties at their average rank."""
-    positive = np.asarray(outcome, dtype=np.bool_)
-    positives, negatives = int(positive.sum()), int((~positive).sum())
-    if positives == 0 or negatives == 0:
-        return math.nan
-    order = np.argsort(score, kind="stable")
-    ranks = np.empty(len(score))
-    sorted_scores = score[order]
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [len(score)]))
-    average = (starts + ends + 1) / 2  # 1-based average rank of each tie group
-    ranks[order] = np.repeat(average, ends - starts)
-    return float((ranks[positive].sum() - positives * (positives + 1) / 2) / (positives * negatives))

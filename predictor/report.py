@@ -26,13 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from predictor.atomicfile import write_text_atomically
 from predictor.errors import PredictorError
 from predictor.evalinputs import DEFAULT_CAPACITY_SHARE, DEFAULT_HINT_K, Options, load_workload
 from predictor.evaluation import Evaluation, evaluate
@@ -110,7 +110,8 @@ def run_report(args: argparse.Namespace, prog: str, argv: Sequence[str] | None =
         models = model_curves(evaluation) + find_model_metrics(args.models or args.workload / "models")
         command = " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
         page = render_html(evaluation, models, args.workload, command)
-        _write_text(args.out, page)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(args.out, page)
     except PredictorError as exc:
         print(f"{prog} report: {exc.message}", file=sys.stderr)
         return 1
@@ -234,10 +235,3 @@ def model_curves(evaluation: Evaluation) -> list[dict[str, Any]]:
             }
         )
     return found
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)

@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,7 +38,7 @@ from aiohttp import web
 from ops.runtime import configure_logging, run, until_signalled
 from ops.settings import SettingsError, add_arguments, load
 from origin.catalog import Catalog, build_catalog
-from predictor.api import Predictor, create_app
+from predictor.api import Predictor, create_app, rfc3339
 from predictor.errors import PredictorError
 from predictor.features import EventFacts
 from predictor.ingest import ACTIONS, BatchLimits, validate_events
@@ -206,7 +206,7 @@ async def replay(predictor: Predictor) -> IngestResult:
     predictor.metrics.duplicates.inc(amount=result.duplicates)
     log.info(
         "replayed %d events of %s up to %s (%d duplicates) in %.1f s",
-        result.accepted, settings.workload, _rfc3339(now_ms), result.duplicates, time.monotonic() - began,
+        result.accepted, settings.workload, rfc3339(now_ms), result.duplicates, time.monotonic() - began,
     )  # fmt: skip
     return result
 
@@ -258,10 +258,6 @@ def _log_documents(rows: Any, ts_ms: Any, numbers: Any) -> list[dict[str, Any]]:
             rows["user_region"].astype(object), strict=True,
         )
     ]  # fmt: skip
-
-
-def _rfc3339(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _items_by_event(catalog: Catalog) -> dict[str, tuple[str, ...]]:

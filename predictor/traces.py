@@ -37,6 +37,7 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 
+from predictor.atomicfile import write_text_atomically
 from predictor.features import REQUEST_ACTIONS
 from predictor.realised import realised_statistics
 from predictor.workload import Workload
@@ -93,7 +94,7 @@ def write_workload(
         "demo_users": list(demo),
     }
     summary = _plain(summary)
-    _write_text(directory / SUMMARY, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    write_text_atomically(directory / SUMMARY, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
 
 
@@ -196,10 +197,4 @@ def _plain(value: Any) -> Any:
 def _write_parquet(table: Any, path: Path) -> None:
     temporary = path.with_name(path.name + ".tmp")
     table.to_parquet(temporary, index=False)
-    os.replace(temporary, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
