@@ -37,7 +37,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +45,8 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 import aiohttp
+
+from ops.runtime import bindable
 
 log = logging.getLogger("boxoffice.origin.backends")
 
@@ -338,7 +339,7 @@ class LocalProcessBackend:
     def _free_port(self) -> int:
         taken = set(self._ports.values())
         for port in range(self.base_port, min(self.base_port + MAX_LOCAL_PORTS, 65536)):
-            if port not in taken and _bindable(self.host, port):
+            if port not in taken and bindable(self.host, port):
                 return port
         raise BackendError(f"no free port from {self.base_port} to {self.base_port + MAX_LOCAL_PORTS - 1}")
 
@@ -352,17 +353,6 @@ async def _kill(process: asyncio.subprocess.Process) -> None:
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-
-
-def _bindable(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the shard binds (reuse_address)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _linux_prctl() -> Callable[[int, int], int] | None:

@@ -36,7 +36,7 @@ rollback, waiting), :mod:`.process` (the POP's process and its state file),
 from __future__ import annotations
 
 from ops.pop.cli import main
-from ops.pop.process import process_alive
 from ops.pop.steps import PopError, Step, run_steps
+from ops.runtime import process_alive
 
 __all__ = ["PopError", "Step", "main", "process_alive", "run_steps"]

@@ -13,9 +13,10 @@ from typing import Final, TextIO
 
 from ops.pop.deploy import DEFAULT_STOP_GRACE, Deployment, DeployPlan
 from ops.pop.peers import edge_health
-from ops.pop.process import STATE_FILE, process_alive, read_record
+from ops.pop.process import STATE_FILE, read_record
 from ops.pop.retire import Retirement, RetirePlan
 from ops.pop.steps import PopError, run_steps
+from ops.runtime import process_alive
 from ops.settings import Seconds, SettingsError, load, parse_duration
 
 DEFAULT_RUN_DIR: Final = Path("var/pops")

@@ -21,8 +21,6 @@ from ops.pop.process import (
     START_TIMEOUT,
     PopRecord,
     log_tail,
-    port_free,
-    process_alive,
     read_record,
     spawn_edge,
     state_path,
@@ -30,6 +28,7 @@ from ops.pop.process import (
     write_record,
 )
 from ops.pop.steps import PopError, Step, wait_for
+from ops.runtime import bindable, process_alive
 from ops.settings import SECOND
 
 # edge.routes.MAX_WARM_URLS: the POP refuses longer lists with a 400, so say it here first.
@@ -96,7 +95,7 @@ class Deployment:
         previous = read_record(plan.run_dir, plan.name)
         if previous is not None and previous.pid is not None and process_alive(previous.pid):
             raise PopError(f"POP {plan.name} already runs as pid {previous.pid}: retire it first")
-        if not port_free(plan.address, plan.port):
+        if not bindable(plan.address, plan.port):
             raise PopError(f"{plan.address}:{plan.port} is in use (or not an address of this host)")
         command = [sys.executable, "-m", "ops.cli", "edge", "serve", "--pop", plan.name, "--host", plan.address,
                    "--port", str(plan.port), "--upstreams", ",".join(plan.upstreams),

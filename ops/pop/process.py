@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -19,12 +18,14 @@ from pathlib import Path
 from typing import Final
 
 from ops.pop.steps import POLL_INTERVAL, PopError
+from ops.runtime import process_alive, read_tail
 from ops.settings import SECOND
 
 STATE_FILE: Final = "pop.json"
 LOG_FILE: Final = "edge.log"
 START_TIMEOUT: Final = 30 * SECOND  # a fresh interpreter importing aiohttp, uvloop and httptools on a busy host
 LOG_TAIL_BYTES: Final = 2000
+EXEC_WAIT: Final = 1 * SECOND  # bounds the wait for a spawned POP's exec (milliseconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,24 +101,6 @@ def write_record(run_dir: Path, record: PopRecord) -> None:
     temporary.replace(path)
 
 
-def process_alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie counts as gone; our own exited child is reaped here)."""
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (macOS): kill(0) is all we know
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def is_edge_process(pid: int, name: str) -> bool:
     """Guard against pid reuse: the process runs `edge serve` for POP `name` (True where /proc is missing)."""
     try:
@@ -139,7 +122,15 @@ def spawn_edge(command: Sequence[str], environment: dict[str, str], log_path: Pa
         (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
-    return os.posix_spawn(command[0], list(command), environment, file_actions=actions, setsid=True)
+    pid = os.posix_spawn(command[0], list(command), environment, file_actions=actions, setsid=True)
+    # posix_spawn may return before the child's exec is complete: until then its /proc cmdline, which
+    # is_edge_process checks before any signal, reads empty or as ours (a vfork shares our memory).
+    with contextlib.suppress(OSError):
+        cmdline, ours = Path(f"/proc/{pid}/cmdline"), Path("/proc/self/cmdline").read_bytes()
+        deadline = time.monotonic() + EXEC_WAIT
+        while cmdline.read_bytes() in (b"", ours) and time.monotonic() < deadline:
+            time.sleep(0.001)
+    return pid
 
 
 def stop_process(pid: int, name: str, grace: float) -> str:
@@ -184,20 +175,6 @@ def _kill_group(pgid: int) -> None:
 
 def log_tail(path: Path) -> str:
     try:
-        with path.open("rb") as file:
-            file.seek(max(0, file.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
-            return file.read().decode("utf-8", "replace").strip()
+        return read_tail(path, LOG_TAIL_BYTES)
     except OSError:
         return "(no log)"
-
-
-def port_free(address: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # As the POP binds (reuse_address): connections of a previous POP in TIME_WAIT do not count.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((address, port))
-        except OSError:
-            return False
-    return True

@@ -40,6 +40,7 @@ from urllib.parse import quote
 import aiohttp
 
 from ops.localgeo import LocationDatabaseError, client_subnet, write_location_database
+from ops.runtime import bindable
 from ops.settings import SettingsError, add_arguments, load
 from ops.up.plan import (
     FAILOVER_BOUND_SECONDS,
@@ -479,19 +480,7 @@ def _busy_ports(plan: StackPlan) -> list[str]:
         if spec.kind == "geodns":
             checks.append(("127.0.0.1", int(plan.admin_url.rpartition(":")[2]), socket.SOCK_STREAM))
         for address, port, kind in checks:
-            if not _bindable(address, port, kind):
+            if not bindable(address, port, kind):
                 problems.append(f"{address}:{port}/{'udp' if kind == socket.SOCK_DGRAM else 'tcp'} "
                                 f"({spec.name}) is in use")  # fmt: skip
     return problems
-
-
-def _bindable(address: str, port: int, kind: int) -> bool:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, kind) as probe:
-        if kind == socket.SOCK_STREAM:  # as the servers bind: a TIME_WAIT of an earlier run does not count
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((address, port))
-        except OSError:
-            return False
-    return True

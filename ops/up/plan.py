@@ -101,7 +101,6 @@ class StackPlan:
     admin_url: str
     geodns_config: Path
     location_database: Path
-    shard_ids: Mapping[str, str]  # region → shard id
 
     @property
     def services(self) -> tuple[ServiceSpec, ...]:
@@ -160,10 +159,8 @@ def plan_stack(
     )  # fmt: skip
 
     shards: list[ServiceSpec] = []
-    shard_ids: dict[str, str] = {}
     for index, region in enumerate(regions):
         identifier = shard_id(region)
-        shard_ids[region] = identifier
         port = ports["shard"] + index
         url = f"http://127.0.0.1:{port}"
         shards.append(ServiceSpec(
@@ -248,7 +245,7 @@ def plan_stack(
     return StackPlan(
         stages=tuple(stages), origin_url=origin_url, dns_host=settings.dns_host, dns_port=ports["dns"],
         admin_url=admin_url, geodns_config=geodns_config,
-        location_database=data_dir / "geodns" / "local-cities.mmdb", shard_ids=shard_ids,
+        location_database=data_dir / "geodns" / "local-cities.mmdb",
     )  # fmt: skip
 
 
@@ -308,7 +305,7 @@ def shard_map_document(plan: StackPlan, events_by_region: Mapping[str, Sequence[
     for spec in plan.services:
         if spec.kind != "shard":
             continue
-        identifier = plan.shard_ids[spec.region]
+        identifier = shard_id(spec.region)
         events = sorted(events_by_region.get(spec.region, ()))
         shards[identifier] = {"region": spec.region, "url": spec.url, "events": events, "healthy": True}
         for event_id in events:

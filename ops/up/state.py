@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from ops.runtime import process_alive
+
 STATE_FILE: Final = "stack.json"
 STATE_VERSION: Final = 1
 
@@ -61,16 +63,4 @@ def read_state(data_dir: Path) -> dict[str, Any]:
 
 def process_running(pid: object) -> bool:
     """True while `pid` (an int) names a live, non-zombie process."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (macOS): kill(0) is all we know
-    return stat.rpartition(")")[2].split()[0] != "Z"
+    return isinstance(pid, int) and pid > 0 and process_alive(pid)

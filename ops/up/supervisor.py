@@ -38,6 +38,7 @@ from typing import Final
 
 import aiohttp
 
+from ops.runtime import read_tail
 from ops.up.plan import ServiceSpec
 
 _PR_SET_PDEATHSIG: Final = 1
@@ -287,9 +288,7 @@ class Supervisor:
 
     def log_tail(self, child: Child) -> str:
         try:
-            with child.log_path.open("rb") as file:
-                file.seek(max(0, file.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
-                tail = file.read().decode("utf-8", "replace").strip()
+            tail = read_tail(child.log_path, LOG_TAIL_BYTES)
         except OSError:
             return f"no log at {child.log_path}"
         return f"log {child.log_path}:\n{tail}"

@@ -123,11 +123,10 @@ def training_plan(settings: UpSettings, *, python: str, now: datetime, catalog: 
     """
     data_dir = settings.data_dir.resolve()
     directory = data_dir / "predictor"
-    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     inputs = TrainingInputs(
         catalog_seed=settings.demo_seed, catalog_venues=settings.demo_venues, catalog_events=settings.demo_events,
         catalog_start=catalog or catalog_start(now),
-        workload_start=catalog_start(today - timedelta(days=WORKLOAD_DAYS - 1)), workload_days=WORKLOAD_DAYS,
+        workload_start=catalog_start(now - timedelta(days=WORKLOAD_DAYS - 1)), workload_days=WORKLOAD_DAYS,
         workload_seed=settings.train_seed, users=settings.train_users,
         sessions_per_day=settings.train_sessions_per_day, boost_rounds=settings.train_boost_rounds,
     )  # fmt: skip
